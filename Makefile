@@ -1,0 +1,60 @@
+# lk_segment: `make help` lists the targets. Every target installs on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_SPEC ?= torch==2.13.0
+VARIANT ?= 3x3
+ARGS ?=
+PORT ?= 5000
+HOST ?= 127.0.0.1
+RUN ?=
+CKPT ?=
+INPUT ?=
+OUT ?= predictions
+TEST_ARGS ?=
+TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: help install train predict ui test lint variants clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: VARIANT=$(VARIANT) ARGS=\"key=value ...\" RUN=<run id> CKPT=<path> INPUT=<dir> OUT=<dir> PORT=$(PORT)"
+
+# torch first, with an exact pin: this machine holds its CPU wheel, a GPU machine gets the
+# CUDA build of the same version; the project's own range is then already satisfied.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP) ## create .venv and install the project (done on first use by every target)
+
+train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..."
+	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS)
+
+predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>) INPUT=<dir of .jpg> OUT=<dir>
+	@test -n "$(INPUT)" || { echo "make predict needs INPUT=<folder of .jpg>"; exit 2; }
+	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --input "$(INPUT)" --out "$(OUT)"
+
+ui: $(STAMP) ## MLflow UI over the tracking store on http://127.0.0.1:5000 (PORT= to change)
+	mkdir -p mlruns/artifacts
+	$(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root ./mlruns/artifacts \
+		--host $(HOST) --port $(PORT)
+
+variants: $(STAMP) ## list the registered kernel variants
+	$(BIN)/lk-segment variants
+
+test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
+	$(BIN)/python -m pytest $(TEST_ARGS)
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check lk_segment tests
+	$(BIN)/ruff format --check lk_segment tests
+
+clean: ## remove caches and checkpoints (keeps .venv, data and mlruns)
+	rm -rf checkpoints .pytest_cache .ruff_cache predictions

@@ -1,0 +1,5 @@
+import sys
+
+from lk_segment.cli import main
+
+sys.exit(main())

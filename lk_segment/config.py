@@ -1,0 +1,136 @@
+"""Typed configuration: dataclasses checked by OmegaConf, so a misspelt key or a wrong type
+fails at once with the key's name.
+
+Merge order: these defaults < configs/base.yaml < configs/variant/<VARIANT>.yaml < ``key=value``
+overrides from the command line. Field names equal the constructor arguments they feed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lk_segment.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CARVANA_ASPECT = 1918 / 1280  # width / height of every Carvana photo
+
+
+@dataclass
+class ModelConfig:
+    block: str = "3x3"  # a name from the block registry (lk-segment variants lists them)
+    width: int = 16  # channels at the first level; doubled at each level below
+    depth: int = 4  # number of 2x2 poolings; input sides are padded to multiples of 2**depth
+    kernel_size: int = 3  # k of the block's k x k (or 1 x k, k x 1) kernels
+    skip: str = "add"  # add (the seed study's choice) | concat
+    block_args: dict[str, Any] = field(default_factory=dict)  # extra options of the block
+
+
+@dataclass
+class DataConfig:
+    root: Optional[str] = None  # Kaggle layout (train/, train_masks/); None: synthetic data under data/
+    height: int = 128  # training size; width follows the 1918:1280 aspect unless given
+    width: Optional[int] = None
+    val_fraction: float = 0.2  # of the cars (never of the images: a car's 16 views stay together)
+    split_seed: int = 0  # the split does not move with the training seed
+    batch_size: int = 8
+    num_workers: int = 0  # the cache makes loading cheap; workers cost start-up on 2 cores
+    cache_dir: str = "data/cache"
+    augment: bool = True
+    synthetic_cars: int = 32  # size of the embedded dataset (x 16 views)
+    limit_images: Optional[int] = None  # use only the first N images (quick experiments)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3  # AdamW peak learning rate (linear warm-up, then cosine to 0)
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1  # of all steps spent warming up
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 6
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    accelerator: str = "auto"
+    devices: Any = 1  # int or "auto"; >1 with strategy=ddp
+    strategy: str = "auto"
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    variant: str = "3x3"  # the configs/variant file that was merged (also the run's name)
+    seed: int = 0
+    experiment: str = "lk_segment"  # MLflow experiment
+    checkpoint_dir: str = "checkpoints"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def available_variants() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "variant").glob("*.yaml"))
+
+
+def load_config(variant: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Defaults, then configs/base.yaml, then the variant's file, then ``key=value`` overrides."""
+    try:
+        cfg = OmegaConf.structured(Config)
+        base = CONFIG_DIR / "base.yaml"
+        if base.exists():
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(base))
+        if variant is not None:
+            path = CONFIG_DIR / "variant" / f"{variant}.yaml"
+            if not path.exists():
+                raise UserError(f"unknown variant {variant!r}: choose one of {', '.join(available_variants())}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path), {"variant": variant})
+        for item in overrides:
+            if "=" not in item:
+                raise UserError(f"override {item!r} is not key=value (e.g. trainer.max_epochs=3)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise UserError(_describe(exc)) from exc
+    return cfg
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    first = str(exc).splitlines()[0]
+    if "not in struct" in first or "Key '" in first and "not in" in first:
+        return f"unknown config key {key!r}: check its spelling (lk-segment config prints every key)"
+    if key:
+        return f"bad value for config key {key!r}: {first}"
+    return f"bad config: {first}"
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, for MLflow params."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def training_size(height: int, width: int | None = None, multiple: int = 32) -> tuple[int, int]:
+    """(height, width): width from the Carvana aspect unless given, rounded to a multiple."""
+    if width is not None:
+        return int(height), int(width)
+    return int(height), max(multiple, round(height * CARVANA_ASPECT / multiple) * multiple)

@@ -1,0 +1,1 @@
+"""Carvana data: Kaggle layout, the embedded synthetic set, the decode-once cache, RLE."""

@@ -1,0 +1,115 @@
+"""The LightningDataModule: synthetic data if no root is given, the cache, augmentation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lk_segment.config import DataConfig, training_size
+from lk_segment.data.carvana import MEAN, STD, DecodedCache, list_samples, split_by_car
+from lk_segment.data.synthetic import generate
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it checks for updates over the network
+import albumentations as A  # noqa: E402
+
+SYNTHETIC_ROOT = Path("data/synthetic")
+
+
+def default_root(cars: int) -> Path:
+    """The embedded dataset, generated once (atomically) the first time it is asked for."""
+    root = SYNTHETIC_ROOT
+    if not (root / "SYNTHETIC").exists():
+        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        generate(tmp, cars=cars)
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    return root
+
+
+def train_augmentation() -> A.Compose:
+    """Flips, small shift-scale-rotate, colour: a car stays a car, its mask moves with it."""
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-10, 10),
+                 border_mode=0, p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+    ])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) -> normalised float (3, H, W)."""
+    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
+
+
+class CarvanaDataset(Dataset):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: list[int], transform=None):
+        self.images, self.masks, self.indices, self.transform = images, masks, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        j = self.indices[i]
+        image, mask = np.asarray(self.images[j]), np.asarray(self.masks[j])
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return to_tensor(image), torch.from_numpy(mask[None].astype(np.float32))  # (1, H, W)
+
+
+class CarvanaDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DataConfig, size_multiple: int = 32, progress: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.size = training_size(cfg.height, cfg.width, size_multiple)
+        self.progress = progress
+        self.train_set: CarvanaDataset | None = None
+        self.val_set: CarvanaDataset | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cfg.root) if self.cfg.root is not None else SYNTHETIC_ROOT
+
+    def _samples(self):
+        samples = list_samples(self.root)
+        return samples[: self.cfg.limit_images] if self.cfg.limit_images else samples
+
+    def prepare_data(self) -> None:
+        """Once per machine (rank 0): generate the embedded data if needed, build the cache."""
+        if self.cfg.root is None:
+            default_root(self.cfg.synthetic_cars)
+        DecodedCache(self._samples(), self.size, self.cfg.cache_dir).build(progress=self.progress)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        samples = self._samples()
+        cache = DecodedCache(samples, self.size, self.cfg.cache_dir)
+        if not cache.ready:  # setup() without prepare_data(), e.g. in a notebook
+            cache.build(progress=self.progress)
+        images, masks = cache.load()
+        train, val = split_by_car(samples, self.cfg.val_fraction, self.cfg.split_seed)
+        index = {s: i for i, s in enumerate(samples)}
+        self.train_cars = sorted({s.car for s in train})
+        self.val_cars = sorted({s.car for s in val})
+        aug = train_augmentation() if self.cfg.augment else None
+        self.train_set = CarvanaDataset(images, masks, [index[s] for s in train], aug)
+        self.val_set = CarvanaDataset(images, masks, [index[s] for s in val])
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

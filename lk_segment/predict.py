@@ -1,0 +1,81 @@
+"""Reload a trained model and write full-resolution masks and a Kaggle submission.
+
+    lk-segment predict --run <mlflow run id> --input <folder of .jpg> --out <folder>
+    lk-segment predict --ckpt <path.ckpt> --input ... --out ...
+
+The architecture comes from the checkpoint's hyper-parameters. Each image is predicted at
+the training size; the logits are upsampled to the image's own size and thresholded at 0.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lk_segment.config import training_size
+from lk_segment.data.carvana import IMAGE_SUFFIXES, MEAN, STD
+from lk_segment.data.rle import rle_encode
+from lk_segment.errors import UserError
+from lk_segment.system import SegmentationSystem
+
+
+def load_system(ckpt: str | Path, map_location: str = "cpu") -> SegmentationSystem:
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise UserError(f"checkpoint {str(ckpt)!r} does not exist")
+    try:
+        system = SegmentationSystem.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt file, another model's checkpoint, unsafe pickle
+        raise UserError(f"cannot load checkpoint {str(ckpt)!r}: {str(exc).splitlines()[0]}") from exc
+    return system.eval()
+
+
+class Predictor:
+    """A reloaded model that turns RGB uint8 images of any size into 0/1 masks of that size."""
+
+    def __init__(self, system: SegmentationSystem, device: str = "cpu"):
+        self.model = system.model.to(device).eval()
+        self.device = device
+        data = system.hparams.get("data") or {}
+        self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
+
+    @torch.inference_mode()
+    def predict(self, image_rgb: np.ndarray) -> np.ndarray:
+        full_h, full_w = image_rgb.shape[:2]
+        h, w = self.size
+        small = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
+        x = torch.from_numpy(((small.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)[None].copy())
+        logits = self.model(x.to(self.device)).float()  # (1, 1, h, w)
+        logits = F.interpolate(logits, size=(full_h, full_w), mode="bilinear", align_corners=False)
+        return (logits[0, 0] > 0).to(torch.uint8).cpu().numpy()
+
+
+def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """Write ``<name>_mask.png`` (0/255) per image and ``submission.csv``; return the CSV path."""
+    from tqdm.auto import tqdm
+
+    predictor = Predictor(load_system(ckpt))
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise UserError(f"input folder {str(input_dir)!r} does not exist")
+    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise UserError(f"input folder {str(input_dir)!r} holds no .jpg images")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out_dir / "submission.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["img", "rle_mask"])
+        for path in tqdm(images, desc="predicting", unit="img", disable=not progress):
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise UserError(f"cannot read image {str(path)!r}: not a readable JPEG")
+            mask = predictor.predict(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255)
+            writer.writerow([path.name, rle_encode(mask)])
+    return csv_path

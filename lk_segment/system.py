@@ -1,0 +1,102 @@
+"""The LightningModule ("system"): receives a U-Net and owns the loss, the metrics, the
+optimizer and what is logged. The U-Net itself stays a plain nn.Module.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
+
+from lk_segment.unet import UNet
+
+
+def build_model(model_cfg: dict) -> UNet:
+    """The U-Net from the ``model`` section of a config (a plain dict)."""
+    return UNet(**model_cfg)
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image, averaged over the batch."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    inter = (prob * target).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float):
+    """LR factor: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class SegmentationSystem(L.LightningModule):
+    """BCE + soft Dice; Dice and IoU at threshold 0.5 over the whole validation set.
+
+    ``hparams`` hold the model and optimizer sections as plain dicts, so a checkpoint alone
+    rebuilds the architecture (and loads with ``weights_only=True``).
+    """
+
+    def __init__(self, model: dict, optim: dict, data: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model)
+        # Dice over all validation pixels = F1 of the pixel classifier (2TP / (2TP + FP + FN)).
+        self.val_dice = BinaryF1Score(threshold=0.5)
+        self.val_iou = BinaryJaccardIndex(threshold=0.5)
+        self.best_dice = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return F.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks = batch
+        loss = self._loss(self(images), masks)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
+                 sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks = batch
+        logits = self(images)
+        self.log("val/loss", self._loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        prob = torch.sigmoid(logits.float())
+        self.val_dice.update(prob, masks.int())
+        self.val_iou.update(prob, masks.int())
+
+    def on_validation_epoch_end(self) -> None:
+        dice = self.val_dice.compute()  # synchronised across ranks by torchmetrics
+        iou = self.val_iou.compute()
+        self.val_dice.reset(), self.val_iou.reset()
+        if not self.trainer.sanity_checking:
+            self.best_dice = max(self.best_dice, float(dice))
+        self.log("val/dice", dice, prog_bar=True)
+        self.log("val/iou", iou)
+        self.log("val/dice_best", self.best_dice)
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg["warmup_fraction"]))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["best_dice"] = self.best_dice
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_dice = float(checkpoint.get("best_dice", 0.0))

@@ -1,0 +1,83 @@
+"""Train one U-Net variant and record it in MLflow.
+
+    lk-segment train --variant 5x5 trainer.max_epochs=3 data.root=/path/to/carvana
+
+``train(cfg)`` is a plain function (tests call it); the command line only builds ``cfg``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lk_segment.callbacks import PerfMonitor
+from lk_segment.config import flatten, to_container, training_size
+from lk_segment.data.module import CarvanaDataModule
+from lk_segment.system import SegmentationSystem
+from lk_segment.tracking import CHECKPOINT_ARTIFACT_DIR, artifact_location, tracking_uri
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit ``cfg``; return the run id, the best and last checkpoints and the final metrics."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    config = to_container(cfg)
+    system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
+    datamodule = CarvanaDataModule(cfg.data, size_multiple=system.model.size_multiple,
+                                   progress=cfg.trainer.enable_progress_bar)
+
+    logger = MLFlowLogger(
+        experiment_name=cfg.experiment, run_name=cfg.variant, tracking_uri=tracking_uri(),
+        artifact_location=artifact_location(),
+        tags={"variant": cfg.variant, "block": cfg.model.block, "kernel_size": str(cfg.model.kernel_size),
+              "seed": str(cfg.seed)},
+    )
+    run_id = logger.run_id
+    height, width = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
+    params = flatten(config)
+    params.update({"model/params": count_params(system.model), "data.train_height": height,
+                   "data.train_width": width})
+    logger.log_hyperparams(params)
+    _log_config_artifact(logger, cfg)
+
+    ckpt_dir = Path(cfg.checkpoint_dir) / run_id
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/dice", mode="max",
+                                 save_last=True, auto_insert_metric_name=False)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
+        strategy=t.strategy, deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
+        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
+        callbacks=[checkpoint, PerfMonitor()], logger=logger, default_root_dir=str(ckpt_dir),
+        enable_model_summary=t.enable_progress_bar,
+    )
+    trainer.fit(system, datamodule=datamodule)
+
+    if trainer.is_global_zero:
+        for path in sorted(ckpt_dir.glob("*.ckpt")):
+            logger.experiment.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {
+        "run_id": run_id,
+        "best_checkpoint": checkpoint.best_model_path,
+        "last_checkpoint": checkpoint.last_model_path,
+        "best_dice": system.best_dice,
+        "metrics": metrics,
+    }
+
+
+def _log_config_artifact(logger: MLFlowLogger, cfg: DictConfig) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "config.yaml")
+        OmegaConf.save(cfg, path, resolve=True)
+        logger.experiment.log_artifact(logger.run_id, path)

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from lk_segment.config import available_variants, load_config, to_container, training_size
+from lk_segment.errors import UserError
+from lk_segment.system import build_model
+
+
+@pytest.mark.parametrize("variant", available_variants())
+def test_every_variant_file_builds_a_model(variant):
+    cfg = load_config(variant, ["model.width=4", "model.depth=2"])
+    assert cfg.variant == variant
+    model = build_model(to_container(cfg)["model"])
+    assert model.receptive_field_px() > 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config("5x5", ["trainer.max_epochs=3", "optim.lr=0.01", "data.root=/somewhere"])
+    assert cfg.trainer.max_epochs == 3 and cfg.optim.lr == 0.01 and cfg.data.root == "/somewhere"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.max_epoch=3", "unknown config key 'trainer.max_epoch'"),
+        ("modle.width=3", "unknown config key 'modle"),
+        ("trainer.max_epochs=abc", "bad value for config key 'trainer.max_epochs'"),
+        ("data.height", "not key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config("3x3", [override])
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(UserError, match="choose one of 1x5, 3x3, 5x5"):
+        load_config("9x9")
+
+
+def test_training_size_keeps_carvana_aspect():
+    assert training_size(128) == (128, 192)
+    assert training_size(256) == (256, 384)
+    assert training_size(100, 150) == (100, 150)

@@ -1,0 +1,122 @@
+"""End to end: a one-epoch fit writes an MLflow run; predict reloads it by run id."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lk_segment.cli import main
+from lk_segment.config import load_config
+from lk_segment.data.rle import rle_decode
+from lk_segment.predict import predict_folder
+from lk_segment.tracking import find_checkpoint, tracking_uri
+from lk_segment.train import train
+from tests.conftest import carvana_root, requires_carvana, tiny_overrides
+
+EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "perf/epoch_time_s",
+                 "perf/train_images_per_s", "perf/cpu_peak_rss_mb"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_root, tmp_path_factory):
+    """One tiny 2-epoch training shared by the tests below (in its own folder and store)."""
+    work = tmp_path_factory.mktemp("work")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(work)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    result = train(load_config("5x5", tiny_overrides(tiny_root, "trainer.max_epochs=2", "model.width=8")))
+    yield result, work
+    mp.undo()
+
+
+def test_fit_writes_an_mlflow_run_with_every_metric(trained):
+    result, work = trained
+    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "5x5"
+    assert run.data.tags["variant"] == "5x5" and run.data.tags["kernel_size"] == "5"
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(result["run_id"], key)
+        assert len(history) == 2, key  # one value per epoch
+        assert all(np.isfinite(m.value) for m in history)
+    assert "perf/gpu_peak_mem_mb" not in run.data.metrics  # logged only where CUDA is present
+    assert int(run.data.params["model/params"]) > 0
+    assert run.data.params["model.block"] == "5x5" and run.data.params["trainer.max_epochs"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"config.yaml", "checkpoints"} <= artifacts
+    ckpts = {a.path for a in client.list_artifacts(result["run_id"], "checkpoints")}
+    assert "checkpoints/last.ckpt" in ckpts and any(p.startswith("checkpoints/best-") for p in ckpts)
+    assert 0.0 <= result["best_dice"] <= 1.0
+
+
+def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, tmp_path, monkeypatch):
+    result, work = trained
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ["synth0001_03.jpg", "synth0002_09.jpg"]:
+        (inputs / name).write_bytes((tiny_root / "train" / name).read_bytes())
+    ckpt = find_checkpoint(result["run_id"])
+    assert ckpt.name.startswith("best-")
+    csv_path = predict_folder(ckpt, inputs, tmp_path / "out", progress=False)
+    rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+    assert rows[0] == ["img", "rle_mask"] and len(rows) == 3
+    for name, rle in rows[1:]:
+        image = cv2.imread(str(inputs / name))
+        mask = cv2.imread(str(tmp_path / "out" / name.replace(".jpg", "_mask.png")), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == image.shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(rle_decode(rle, mask.shape), mask // 255)
+
+
+def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
+    result, work = trained
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    code = main(["predict", "--run", result["run_id"], "--input", str(tiny_root / "train"), "--out", str(tmp_path / "o")])
+    assert code == 0
+    assert len(list((tmp_path / "o").glob("*_mask.png"))) == 64
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--variant", "9x9"], "unknown variant '9x9': choose one of"),
+        (["train", "trainer.max_epoch=1"], "unknown config key 'trainer.max_epoch'"),
+        (["train", "data.root=/no/such/folder"], "does not exist"),
+        (["predict", "--run", "0123456789abcdef", "--input", ".", "--out", "o"], "no MLflow run with id"),
+        (["predict", "--ckpt", "missing.ckpt", "--input", ".", "--out", "o"], "does not exist"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(workdir, argv, message):
+    proc = subprocess.run([sys.executable, "-m", "lk_segment", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("lk-segment: error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_tracking_uri_defaults_to_sqlite(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == "sqlite:///mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+
+
+@requires_carvana
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_short_fit_on_real_photographs(workdir):
+    cfg = load_config("1x5", ["data.root=" + str(carvana_root()), "data.height=64", "data.limit_images=96",
+                              "model.width=8", "model.depth=3", "trainer.max_epochs=3",
+                              "trainer.enable_progress_bar=false", "experiment=test"])
+    result = train(cfg)
+    # Three short epochs already separate car from background far better than chance (~0.4).
+    assert 0.6 < result["best_dice"] <= 1.0
