@@ -27,8 +27,12 @@ def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit ``cfg``; return the run id, the best and last checkpoints and the final metrics."""
+def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list | tuple = ()) -> dict:
+    """Fit ``cfg``; return the run id, the best and last checkpoints and the final metrics.
+
+    ``tags`` are added to the run's (a sweep passes ``mlflow.parentRunId`` to nest it under its
+    comparison); ``callbacks`` are extra Lightning callbacks (a sweep's progress line).
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = to_container(cfg)
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
@@ -39,7 +43,7 @@ def train(cfg: DictConfig) -> dict:
         experiment_name=cfg.experiment, run_name=cfg.variant, tracking_uri=tracking_uri(),
         artifact_location=artifact_location(),
         tags={"variant": cfg.variant, "block": cfg.model.block, "kernel_size": str(cfg.model.kernel_size),
-              "seed": str(cfg.seed)},
+              "seed": str(cfg.seed), **(tags or {})},
     )
     run_id = logger.run_id
     height, width = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
@@ -58,7 +62,7 @@ def train(cfg: DictConfig) -> dict:
         strategy=t.strategy, deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
-        callbacks=[checkpoint, PerfMonitor()], logger=logger, default_root_dir=str(ckpt_dir),
+        callbacks=[checkpoint, PerfMonitor(), *callbacks], logger=logger, default_root_dir=str(ckpt_dir),
         enable_model_summary=t.enable_progress_bar,
     )
     trainer.fit(system, datamodule=datamodule)
