@@ -13,11 +13,12 @@ RUN ?=
 CKPT ?=
 INPUT ?=
 OUT ?= predictions
+ERF_OUT ?= erf
 TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants clean
+.PHONY: help install train predict ui test lint variants clean readme-variants erf
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,8 +47,14 @@ ui: $(STAMP) ## MLflow UI over the tracking store on http://127.0.0.1:5000 (PORT
 	$(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root ./mlruns/artifacts \
 		--host $(HOST) --port $(PORT)
 
-variants: $(STAMP) ## list the registered kernel variants
+variants: $(STAMP) ## the kernel variants: params, GFLOPs, theoretical receptive field
 	$(BIN)/lk-segment variants
+
+readme-variants: $(STAMP) ## regenerate README.md's variants table (lk-segment variants --markdown)
+	$(BIN)/lk-segment variants --markdown --readme README.md
+
+erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run) or VARIANT=<v> (fresh model)
+	$(BIN)/lk-segment erf $(if $(RUN),--run $(RUN),--variant $(VARIANT) $(ARGS)) --out "$(ERF_OUT)"
 
 test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
 	$(BIN)/python -m pytest $(TEST_ARGS)

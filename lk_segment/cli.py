@@ -1,4 +1,4 @@
-"""The ``lk-segment`` command: train, predict, config, variants.
+"""The ``lk-segment`` command: train, predict, config, variants, erf.
 
 A mistake the user can fix (a bad key, a missing folder, an unknown run id) prints one line
 that names it and exits with status 2; ``--debug`` shows the traceback instead.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -43,9 +44,44 @@ def _config(args) -> None:
 
 
 def _variants(args) -> None:
-    from lk_segment.config import available_variants
+    from lk_segment.analysis import format_table, replace_readme_table, variants_table
 
-    print("\n".join(available_variants()))
+    rows = variants_table(args.width, args.height, args.depth)
+    table = format_table(rows, markdown=args.markdown or bool(args.readme))
+    if args.readme:
+        readme = Path(args.readme)
+        if not readme.is_file():
+            raise UserError(f"README {args.readme!r} does not exist")
+        try:
+            readme.write_text(replace_readme_table(readme.read_text(), table))
+        except ValueError as exc:
+            raise UserError(f"{args.readme}: {exc}") from exc
+        print(f"variants table written into {args.readme}")
+    else:
+        print(table)
+
+
+def _erf(args) -> None:
+    from lk_segment.analysis import erf_metric_name, erf_of_run, erf_of_variant
+
+    if bool(args.run) == bool(args.variant):
+        raise UserError("give exactly one of --run <mlflow run id> or --variant <name> (a freshly initialised model)")
+    if args.run and args.overrides:
+        raise UserError("key=value overrides go with --variant only: a run's ERF uses the run's own config")
+    if args.images < 1:
+        raise UserError(f"--images must be at least 1, got {args.images}")
+    if args.run:
+        result = erf_of_run(args.run, args.images, args.out)
+        what = f"run {args.run}"
+    else:
+        result = erf_of_variant(args.variant, args.overrides, args.images, args.out)
+        what = f"variant {args.variant} (freshly initialised)"
+    h, w = result["size"]
+    print(f"effective receptive field of {what}, {result['images']} validation images at {h}x{w}:")
+    for fraction, side in result["sides"].items():
+        print(f"  {erf_metric_name(fraction)} = {side}  (smallest centred square holding {fraction:.0%})")
+    print(f"  theoretical receptive field: {result['receptive_field_px']} px; heat-map: {result['png']}"
+          + (" (also logged to the run)" if args.run else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=_config)
 
-    p = sub.add_parser("variants", help="list the kernel variants")
+    p = sub.add_parser("variants", help="the kernel variants: params, GFLOPs, theoretical receptive field")
+    p.add_argument("--width", type=int, help="model.width, channels at the first level (default: the config's)")
+    p.add_argument("--height", type=int, help="input height in px, width by Carvana's aspect (default: data.height)")
+    p.add_argument("--depth", type=int, help="model.depth, the number of poolings (default: the config's)")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
+    p.add_argument("--readme", help="write the markdown table into this file between its variants markers")
     p.set_defaults(func=_variants)
+
+    p = sub.add_parser("erf", help="effective receptive field of a trained run (logged to it) or a fresh model")
+    p.add_argument("--run", help="MLflow run id: its best checkpoint, its own validation images")
+    p.add_argument("--variant", "-v", help="a file of configs/variant/: a freshly initialised model")
+    p.add_argument("--images", type=int, default=16, help="validation images averaged over (default 16)")
+    p.add_argument("--out", default="erf", help="folder for <run id or variant>/erf.png (default erf)")
+    p.add_argument("overrides", nargs="*", help="with --variant: key=value config overrides, e.g. data.root=...")
+    p.set_defaults(func=_erf)
     return parser
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lk_segment.analysis import count_gflops
 from lk_segment.callbacks import PerfMonitor
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
@@ -49,7 +50,10 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     height, width = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
     params = flatten(config)
     params.update({"model/params": count_params(system.model), "data.train_height": height,
-                   "data.train_width": width})
+                   "data.train_width": width,
+                   # per image at the training size; the side of the square one output pixel can see
+                   "model/gflops": float(f"{count_gflops(system.model, (height, width)):.4g}"),
+                   "model/receptive_field_px": system.model.receptive_field_px()})
     logger.log_hyperparams(params)
     _log_config_artifact(logger, cfg)
 

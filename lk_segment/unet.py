@@ -30,6 +30,7 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.depth, self.skip = depth, skip
+        self.in_chs = in_chs  # what an analysis needs to build an input (FLOP counting, ERF)
         opts = dict(block_args or {}, kernel_size=kernel_size)
         chs = [width * 2**level for level in range(depth + 1)]  # e.g. 16, 32, 64, 128, 256
 

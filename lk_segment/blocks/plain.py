@@ -14,6 +14,8 @@ class DoubleConv3x3(nn.Sequential):
     Params (no bias): 9*C_in*C_out + 9*C_out^2 + 4*C_out (two BatchNorms).
     """
 
+    params_formula = "k²·C_in·C_out + k²·C_out² + 4·C_out"  # the README's table shows it
+
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 3,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
         k = (kernel_size, kernel_size)
@@ -31,6 +33,8 @@ class Conv5x5(nn.Sequential):
     Params: k^2*C_in*C_out + 2*C_out.
     """
 
+    params_formula = "k²·C_in·C_out + 2·C_out"
+
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
         super().__init__(conv_bn_act(in_chs, out_chs, (kernel_size, kernel_size),
@@ -46,6 +50,8 @@ class Conv1xkKx1(nn.Sequential):
     view for 2k/k^2 of the weights when C_in = C_out.
     Params: k*C_in*C_out + k*C_out^2 + 2*C_out.
     """
+
+    params_formula = "k·C_in·C_out + k·C_out² + 2·C_out"
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
