@@ -14,11 +14,12 @@ CKPT ?=
 INPUT ?=
 OUT ?= predictions
 ERF_OUT ?= erf
+BENCH_OUT ?= bench.json
 TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants clean readme-variants erf
+.PHONY: help install train predict ui test lint variants bench clean readme-variants erf
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +56,9 @@ readme-variants: $(STAMP) ## regenerate README.md's variants table (lk-segment v
 
 erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run) or VARIANT=<v> (fresh model)
 	$(BIN)/lk-segment erf $(if $(RUN),--run $(RUN),--variant $(VARIANT) $(ARGS)) --out "$(ERF_OUT)"
+
+bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENCH_OUT=bench.json ARGS="--variants 3x3"
+	$(BIN)/lk-segment bench --out "$(BENCH_OUT)" $(ARGS)
 
 test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
 	$(BIN)/python -m pytest $(TEST_ARGS)

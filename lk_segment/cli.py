@@ -84,6 +84,24 @@ def _erf(args) -> None:
           + (" (also logged to the run)" if args.run else ""))
 
 
+def _bench(args) -> None:
+    from lk_segment.bench import bench_config_from, run_bench, table, write_results
+
+    options = {k: getattr(args, k) for k in ("variants", "height", "batch_size", "steps", "warmup", "settings",
+                                             "loader_images", "device")}
+    options["overrides"] = args.overrides
+    if args.variants:
+        from lk_segment.config import available_variants
+
+        unknown = sorted(set(args.variants) - set(available_variants()))
+        if unknown:
+            raise UserError(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(available_variants())}")
+    results = run_bench(bench_config_from(options))
+    run_id = write_results(results, args.out)
+    print(table(results))
+    print(f"\n{args.out} written; MLflow run {run_id} in experiment 'bench'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lk-segment", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -113,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
     p.add_argument("--readme", help="write the markdown table into this file between its variants markers")
     p.set_defaults(func=_variants)
+
+    p = sub.add_parser("bench", help="speed and memory against a plain-PyTorch baseline (docs/performance.md)")
+    p.add_argument("--out", default="bench.json", help="JSON file for the results (default bench.json)")
+    p.add_argument("--variants", nargs="+", help="default: every variant")
+    p.add_argument("--height", type=int, help="step and inference size (default 128: 128x192)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="timed steps per figure (median)")
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--settings", nargs="+", help="settings swept on 3x3, e.g. 32 bf16+cl bf16+cl+compile")
+    p.add_argument("--loader-images", type=int, help="images decoded for the loader figures")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every variant, e.g. model.width=8")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("erf", help="effective receptive field of a trained run (logged to it) or a fresh model")
     p.add_argument("--run", help="MLflow run id: its best checkpoint, its own validation images")

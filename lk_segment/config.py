@@ -41,6 +41,9 @@ class DataConfig:
     num_workers: int = 0  # the cache makes loading cheap; workers cost start-up on 2 cores
     cache_dir: str = "data/cache"
     augment: bool = True
+    # cpu: albumentations per image in the loader; gpu: kornia on whole batches on the
+    # training device (for a GPU whose CPU workers cannot keep up; see docs/performance.md)
+    augment_on: str = "cpu"
     synthetic_cars: int = 32  # size of the embedded dataset (x 16 views)
     limit_images: Optional[int] = None  # use only the first N images (quick experiments)
 
@@ -64,6 +67,9 @@ class TrainerConfig:
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
     enable_progress_bar: bool = True
+    channels_last: bool = False  # NHWC model and inputs (see docs/performance.md for when it helps)
+    compile: bool = False  # torch.compile the U-Net (minutes of compiling before the first step)
+
 
 
 @dataclass

@@ -55,9 +55,32 @@ class SegmentationSystem(L.LightningModule):
         self.val_dice = BinaryF1Score(threshold=0.5)
         self.val_iou = BinaryJaccardIndex(threshold=0.5)
         self.best_dice = 0.0
+        self.channels_last = False
+        data = data or {}
+        self.batch_augment = None  # data.augment_on=gpu: kornia on whole batches on the device
+        if data.get("augment") and data.get("augment_on", "cpu") == "gpu":
+            from lk_segment.data.augment_gpu import BatchAugmentation
+
+            self.batch_augment = BatchAugmentation()
+
+    def configure_speed(self, channels_last: bool = False, compile: bool = False) -> None:
+        """NHWC weights and inputs and/or ``torch.compile`` of the U-Net, in place, so the
+        state_dict keys (and so checkpoints) stay those of the plain model."""
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # (B, C, H, W) stored as NHWC: what oneDNN and cuDNN prefer for convs
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.batch_augment is not None and self.trainer.training:
+            batch = self.batch_augment(*batch)
+        return batch
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

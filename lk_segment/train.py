@@ -37,6 +37,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = to_container(cfg)
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
+    system.configure_speed(channels_last=cfg.trainer.channels_last, compile=cfg.trainer.compile)
     datamodule = CarvanaDataModule(cfg.data, size_multiple=system.model.size_multiple,
                                    progress=cfg.trainer.enable_progress_bar)
 

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from lk_segment.config import DataConfig, training_size
 from lk_segment.data.carvana import MEAN, STD, DecodedCache, list_samples, split_by_car
 from lk_segment.data.synthetic import generate
+from lk_segment.errors import UserError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it checks for updates over the network
 import albumentations as A  # noqa: E402
@@ -67,6 +68,8 @@ class CarvanaDataset(Dataset):
 class CarvanaDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, size_multiple: int = 32, progress: bool = True):
         super().__init__()
+        if cfg.augment_on not in ("cpu", "gpu"):
+            raise UserError(f"data.augment_on={cfg.augment_on!r}: choose cpu (in the loader) or gpu (on the device)")
         self.cfg = cfg
         self.size = training_size(cfg.height, cfg.width, size_multiple)
         self.progress = progress
@@ -99,7 +102,7 @@ class CarvanaDataModule(L.LightningDataModule):
         index = {s: i for i, s in enumerate(samples)}
         self.train_cars = sorted({s.car for s in train})
         self.val_cars = sorted({s.car for s in val})
-        aug = train_augmentation() if self.cfg.augment else None
+        aug = train_augmentation() if self.cfg.augment and self.cfg.augment_on == "cpu" else None  # gpu: system
         self.train_set = CarvanaDataset(images, masks, [index[s] for s in train], aug)
         self.val_set = CarvanaDataset(images, masks, [index[s] for s in val])
 

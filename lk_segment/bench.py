@@ -1,0 +1,556 @@
+"""Speed and memory of the project, measured side by side in one process.
+
+    lk-segment bench --out bench.json          # make bench: the default run (minutes on 2 CPU cores)
+    lk-segment bench --out tiny.json --variants 3x3 model.width=4 model.depth=2 --height 64 ...
+
+Every claim is a ratio of two figures taken here, in this run, on this machine:
+
+- ``steps``: images/s of a training step (forward + backward + AdamW), median of ``steps``
+  timed steps after ``warmup``, for each variant, through the project (Lightning, the
+  system, the configured fast settings) and through ``lk_segment.reference`` (plain
+  PyTorch, float32, NCHW, its own loop). ``settings``: the same for one variant under each
+  combination of bf16 autocast, channels_last and torch.compile.
+- ``loader``: images/s the DataModule's train loader delivers, first epoch (decoding the
+  JPEG/GIF files into the cache) and from the cache, with augmentation in the loader or on
+  the device (kornia), against the model's consumption at the same batch and size.
+- ``inference``: latency of ``make predict`` per full-resolution 1918x1280 image, and the
+  replk variant fused (``reparameterize()``) against unfused.
+- ``dwconv``: native depthwise K x K against the FFT path (``lk_segment.ops``).
+- ``matmul``: the bf16 matrix-multiply rate, the denominator of the model FLOPs utilisation.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on GPU and the process RSS (sampled) on
+CPU. Results go to a JSON file, a printed table and the MLflow experiment ``bench``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from omegaconf import DictConfig
+
+from lk_segment.config import available_variants, load_config, to_container, training_size
+
+SETTINGS = ("32", "32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
+
+
+@dataclass
+class BenchConfig:
+    variants: list[str] | None = None  # None: every configs/variant file
+    overrides: list[str] = field(default_factory=list)  # key=value applied to every variant's config
+    height: int = 128  # step and inference size (width from the Carvana aspect): the training default
+    batch_size: int = 8
+    steps: int = 5  # timed steps per figure (their median counts)
+    warmup: int = 2  # untimed steps first (allocations, oneDNN/cuDNN plans, torch.compile)
+    settings: list[str] = field(default_factory=lambda: list(SETTINGS))  # swept on settings_variant
+    settings_variant: str = "3x3"
+    loader_height: int = 256  # the loader against the model at batch 8, 256 x 384
+    loader_images: int = 160  # images decoded for the first-epoch figure
+    loader_workers: list[int] = field(default_factory=lambda: [0, 2])
+    inference_repeats: int = 5
+    dw_kernels: list[int] = field(default_factory=lambda: [7, 13, 31])
+    dw_shape: list[int] = field(default_factory=lambda: [8, 32, 64, 96])  # B, C, H, W: replk's 2nd level
+    matmul_size: int = 2048
+    device: str = "auto"  # auto | cpu | cuda
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+    return device
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory (MB) inside a ``with`` block: CUDA's allocator peak on GPU, else the process
+    RSS sampled every 5 ms by a thread (torch kernels release the GIL, so it keeps sampling)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self._peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self._peak, self._proc.memory_info().rss) / 2**20
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def parse_setting(name: str) -> dict:
+    """'bf16+cl+compile' -> precision bf16-mixed, channels_last, torch.compile."""
+    parts = set(name.split("+"))
+    unknown = parts - {"32", "bf16", "16", "cl", "compile"}
+    if unknown or not parts & {"32", "bf16", "16"}:
+        raise ValueError(f"bad setting {name!r}: 32|bf16|16, then optional +cl and +compile")
+    precision = "bf16-mixed" if "bf16" in parts else "16-mixed" if "16" in parts else "32"
+    return {"precision": precision, "channels_last": "cl" in parts, "compile": "compile" in parts}
+
+
+def setting_name(precision: str, channels_last: bool, compile: bool) -> str:
+    name = {"32": "32", "32-true": "32", "bf16-mixed": "bf16", "16-mixed": "16"}[str(precision)]
+    return name + ("+cl" if channels_last else "") + ("+compile" if compile else "")
+
+
+def random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, height, width, generator=g)
+    masks = (torch.rand(batch, 1, height, width, generator=g) > 0.5).float()
+    return images, masks
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+class _RepeatBatch(torch.utils.data.Dataset):
+    """One batch served ``n`` times: the step figure leaves the data pipeline out."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, n_batches: int):
+        self.images, self.masks, self.n = images, masks, n_batches * len(images)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.images[i % len(self.images)], self.masks[i % len(self.masks)]
+
+
+def _step_timer(device: torch.device):
+    import lightning as L
+
+    class StepTimer(L.Callback):
+        """Seconds from each batch's start hook to its end hook: forward, backward, optimizer."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            sync(device)
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sync(device)
+            self.times.append(time.perf_counter() - self.start)
+
+    return StepTimer()
+
+
+def project_step(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, steps: int,
+                 warmup: int, device: torch.device) -> dict:
+    """The project's own training step: SegmentationSystem under a Lightning Trainer."""
+    import lightning as L
+
+    from lk_segment.system import SegmentationSystem
+
+    config = to_container(cfg)
+    torch.manual_seed(0)
+    system = SegmentationSystem(model=config["model"], optim=config["optim"], data={"augment": False})
+    system.configure_speed(channels_last=setting["channels_last"], compile=setting["compile"])
+    timer = _step_timer(device)
+    loader = torch.utils.data.DataLoader(_RepeatBatch(images, masks, warmup + steps), batch_size=len(images))
+    trainer = L.Trainer(max_steps=warmup + steps, precision=setting["precision"], accelerator=device.type,
+                        devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[timer])
+    with PeakMemory(device) as mem:
+        trainer.fit(system, train_dataloaders=loader)
+    return {"images_per_s": len(images) / median(timer.times[warmup:]), "step_s": median(timer.times[warmup:]),
+            "first_step_s": timer.times[0], "peak_mem_mb": mem.peak_mb, "setting": setting_name(**setting)}
+
+
+def reference_step(cfg: DictConfig, images: torch.Tensor, masks: torch.Tensor, steps: int, warmup: int,
+                   device: torch.device) -> dict:
+    """The plain-PyTorch baseline (float32, NCHW, no compile, its own loop)."""
+    from lk_segment.reference import REFERENCE_BLOCKS, ReferenceUNet, reference_step_times
+    from lk_segment.system import build_model
+
+    m = cfg.model
+    torch.manual_seed(0)
+    if m.block in REFERENCE_BLOCKS and m.skip == "add" and not m.block_args:
+        model, kind = ReferenceUNet(m.block, m.width, m.depth, m.kernel_size), "reference"
+    else:  # no hand-written twin: the project's own nn.Module in the plain loop
+        model, kind = build_model(to_container(cfg)["model"]), "unet_plain_loop"
+    model.to(device)
+    with PeakMemory(device) as mem:
+        times = reference_step_times(model, images.to(device), masks.to(device), steps, warmup)
+    return {"images_per_s": len(images) / median(times), "step_s": median(times), "peak_mem_mb": mem.peak_mb,
+            "kind": kind}
+
+
+def training_flops(cfg: DictConfig, images: torch.Tensor) -> float:
+    """FLOPs of one forward + backward of the batch (matrix products and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lk_segment.system import build_model
+
+    model = build_model(to_container(cfg)["model"])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(images).float().mean().backward()
+    return float(counter.get_total_flops())
+
+
+# ----------------------------------------------------------------------------- data loader
+
+
+def _iterate(loader, device: torch.device, augment=None) -> tuple[int, float]:
+    n, start = 0, time.perf_counter()
+    for images, masks in loader:
+        if augment is not None:
+            augment(images.to(device, non_blocking=True), masks.to(device, non_blocking=True))
+            sync(device)
+        n += len(images)
+    return n, time.perf_counter() - start
+
+
+def bench_loader(cfg: DictConfig, bcfg: BenchConfig, device: torch.device) -> dict:
+    """images/s of the train loader: first epoch (decode into a fresh cache) and cached epochs."""
+    from lk_segment.data.augment_gpu import BatchAugmentation
+    from lk_segment.data.module import CarvanaDataModule
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        data = copy.deepcopy(cfg.data)
+        data.height, data.width, data.cache_dir = bcfg.loader_height, None, cache_dir
+        data.limit_images, data.batch_size = bcfg.loader_images, bcfg.batch_size
+        data.augment, data.augment_on = True, "cpu"
+        dm = CarvanaDataModule(data, progress=False)
+        start = time.perf_counter()
+        dm.prepare_data()
+        dm.setup("fit")
+        n, seconds = _iterate(dm.train_dataloader(), device)
+        decode_s = time.perf_counter() - start - seconds
+        out["size"] = list(dm.size)
+        out["train_images"] = n
+        out["first_epoch_images_per_s"] = n / (decode_s + seconds)  # the cache decodes train and val images
+        out["decode_s"] = decode_s
+        for workers in bcfg.loader_workers:
+            data.num_workers = workers
+            dm = CarvanaDataModule(data, progress=False)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            _iterate(loader, device)  # workers start (persistent), the page cache is warm
+            n, seconds = _iterate(loader, device)
+            out[f"cached_cpu_aug_w{workers}_images_per_s"] = n / seconds
+        data.num_workers, data.augment_on = 0, "gpu"
+        dm = CarvanaDataModule(data, progress=False)
+        dm.setup("fit")
+        augment = BatchAugmentation().to(device)
+        _iterate(dm.train_dataloader(), device, augment)
+        n, seconds = _iterate(dm.train_dataloader(), device, augment)
+        out["cached_device_aug_w0_images_per_s"] = n / seconds
+    return out
+
+
+# ----------------------------------------------------------------------------- inference
+
+
+def _system(cfg: DictConfig):
+    from lk_segment.system import SegmentationSystem
+
+    config = to_container(cfg)
+    torch.manual_seed(0)
+    return SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"]).eval()
+
+
+def predict_latency_ms(system, image: np.ndarray, repeats: int, device: torch.device) -> float:
+    """One full-resolution image through ``make predict``'s Predictor (resize, model, upsample)."""
+    from lk_segment.predict import Predictor
+
+    predictor = Predictor(system, device=device.type)
+    predictor.predict(image)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        predictor.predict(image)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * median(times)
+
+
+def bench_fused(cfg: DictConfig, image: np.ndarray, repeats: int, device: torch.device) -> dict:
+    """A re-parameterisable variant, unfused against fused, and how far their outputs differ."""
+    system = _system(cfg)
+    h, w = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
+    x = torch.randn(1, 3, h, w, device=device)
+    system.to(device)
+    unfused_ms = predict_latency_ms(system, image, repeats, device)
+    with torch.inference_mode():
+        ref = system.model(x)
+    system.model.reparameterize()
+    fused_ms = predict_latency_ms(system, image, repeats, device)
+    with torch.inference_mode():
+        err = float((system.model(x) - ref).abs().max() / ref.abs().max())
+    return {"unfused_ms": unfused_ms, "fused_ms": fused_ms, "speedup": unfused_ms / fused_ms,
+            "max_rel_diff": err}
+
+
+def full_resolution_image(cfg: DictConfig) -> np.ndarray:
+    """A 1918x1280 RGB photo from the data root when there is one, else noise of that size."""
+    import cv2
+
+    root = Path(cfg.data.root) if cfg.data.root else Path("data/synthetic")
+    photos = sorted((root / "train").glob("*.jpg"))[:1]
+    bgr = cv2.imread(str(photos[0]), cv2.IMREAD_COLOR) if photos else None
+    if bgr is None or bgr.shape[:2] != (1280, 1918):
+        return np.random.default_rng(0).integers(0, 256, (1280, 1918, 3), dtype=np.uint8)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def bench_dwconv(kernels: list[int], shape: list[int], device: torch.device) -> list[dict]:
+    """Native depthwise K x K against FFT, forward + backward, float32 and under bf16 autocast."""
+    from lk_segment.ops.dwconv import time_dw_impl
+
+    b, c, h, w = shape
+    rows = []
+    for k in kernels:
+        x = torch.randn(b, c, h, w, device=device)
+        weight = torch.randn(c, 1, k, k, device=device)
+        for dtype in ("float32", "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                native = time_dw_impl("native", x, weight, backward=True)
+                fft = time_dw_impl("fft", x, weight, backward=True)
+            rows.append({"k": k, "dtype": dtype, "shape": list(shape), "native_ms": 1000 * native,
+                         "fft_ms": 1000 * fft, "native_over_fft": native / fft,
+                         "choice": "fft" if fft < native else "native"})
+    return rows
+
+
+def matmul_tflops(n: int, dtype: torch.dtype, device: torch.device, repeats: int = 3) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / median(times) / 1e12
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"device": device.type, "device_name": name, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpus": psutil.cpu_count(), "python": platform.python_version()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def run_bench(bcfg: BenchConfig, log=print) -> dict:
+    """Every measurement, in one process; returns the results (``write_results`` saves them)."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banner per fit
+    device = pick_device(bcfg.device)
+    started = time.perf_counter()
+    variants = bcfg.variants or available_variants()
+    cfgs = {v: load_config(v, [*bcfg.overrides, f"data.height={bcfg.height}"]) for v in variants}
+    base = cfgs.get(bcfg.settings_variant) or load_config(bcfg.settings_variant, [*bcfg.overrides,
+                                                                                  f"data.height={bcfg.height}"])
+    h, w = training_size(bcfg.height, None, 2 ** base.model.depth)
+    images, masks = random_batch(bcfg.batch_size, h, w)
+    results: dict = {"config": asdict(bcfg), "env": environment(device), "size": [h, w]}
+    t = base.trainer
+    fast = {"precision": str(t.precision), "channels_last": bool(t.channels_last), "compile": bool(t.compile)}
+    results["fast_setting"] = setting_name(**fast)
+
+    log(f"bench on {results['env']['device_name']}: steps at {h}x{w}, batch {bcfg.batch_size}")
+    steps = {}
+    for v, cfg in cfgs.items():
+        ref = reference_step(cfg, images, masks, bcfg.steps, bcfg.warmup, device)
+        f32 = project_step(cfg, parse_setting("32"), images, masks, bcfg.steps, bcfg.warmup, device)
+        fst = project_step(cfg, fast, images, masks, bcfg.steps, bcfg.warmup, device)
+        steps[v] = {"reference": ref, "project_32": f32, "project_fast": fst,
+                    "ratio_32": f32["images_per_s"] / ref["images_per_s"],
+                    "ratio_fast": fst["images_per_s"] / ref["images_per_s"]}
+        log(f"  step {v}: reference {ref['images_per_s']:.2f} img/s, project fp32 x{steps[v]['ratio_32']:.2f}, "
+            f"{fst['setting']} x{steps[v]['ratio_fast']:.2f}")
+    results["steps"] = steps
+
+    settings = {}
+    ref_ips = steps[bcfg.settings_variant]["reference"]["images_per_s"] if bcfg.settings_variant in steps else \
+        reference_step(base, images, masks, bcfg.steps, bcfg.warmup, device)["images_per_s"]
+    for name in bcfg.settings:
+        row = project_step(base, parse_setting(name), images, masks, bcfg.steps, bcfg.warmup, device)
+        row["ratio_to_reference"] = row["images_per_s"] / ref_ips
+        settings[name] = row
+        log(f"  {bcfg.settings_variant} {name}: {row['images_per_s']:.2f} img/s (x{row['ratio_to_reference']:.2f}"
+            f" the reference), first step {row['first_step_s']:.1f} s")
+    results["settings"] = settings
+
+    flops = training_flops(base, images.to(device))
+    bf16_rate = matmul_tflops(bcfg.matmul_size, torch.bfloat16, device)
+    f32_rate = matmul_tflops(bcfg.matmul_size, torch.float32, device)
+    best = max(settings.values(), key=lambda r: r["images_per_s"]) if settings else steps[bcfg.settings_variant][
+        "project_fast"]
+    achieved = flops / best["step_s"] / 1e12
+    results["matmul"] = {"bf16_tflops": bf16_rate, "float32_tflops": f32_rate, "size": bcfg.matmul_size,
+                         "train_step_gflop": flops / 1e9, "best_setting": best["setting"],
+                         "achieved_tflops": achieved, "mfu_vs_bf16_matmul": achieved / bf16_rate}
+    log(f"  matmul bf16 {bf16_rate:.3f} TFLOP/s, fp32 {f32_rate:.3f}; {bcfg.settings_variant} MFU "
+        f"{100 * achieved / bf16_rate:.1f}% ({best['setting']})")
+
+    loader_cfg = load_config(bcfg.settings_variant, [*bcfg.overrides, f"data.height={bcfg.loader_height}"])
+    lh, lw = training_size(bcfg.loader_height, None, 2 ** loader_cfg.model.depth)
+    limages, lmasks = random_batch(bcfg.batch_size, lh, lw)
+    loader = bench_loader(loader_cfg, bcfg, device)
+    model = project_step(loader_cfg, fast, limages, lmasks, max(2, bcfg.steps // 2), bcfg.warmup, device)
+    loader["model_images_per_s"] = model["images_per_s"]
+    loader["model_setting"] = model["setting"]
+    for key in [k for k in loader if k.startswith("cached_") and k.endswith("_images_per_s")]:
+        loader[key.replace("_images_per_s", "_over_model")] = loader[key] / model["images_per_s"]
+    results["loader"] = loader
+    log(f"  loader at {lh}x{lw}: first epoch {loader['first_epoch_images_per_s']:.1f} img/s, cached "
+        f"{loader['cached_cpu_aug_w0_images_per_s']:.1f} img/s, model {model['images_per_s']:.2f} img/s")
+
+    image = full_resolution_image(base)
+    inference = {}
+    for v, cfg in cfgs.items():
+        system = _system(cfg).to(device)
+        inference[v] = {"predict_ms": predict_latency_ms(system, image, bcfg.inference_repeats, device)}
+        if any(hasattr(block, "reparameterize") for block in system.model.encoder):  # e.g. replk
+            inference[v]["fused"] = bench_fused(cfg, image, bcfg.inference_repeats, device)
+        log(f"  predict {v}: {inference[v]['predict_ms']:.1f} ms per 1918x1280 image"
+            + (f"; fused x{inference[v]['fused']['speedup']:.2f}" if "fused" in inference[v] else ""))
+    results["inference"] = inference
+
+    results["dwconv"] = bench_dwconv(bcfg.dw_kernels, bcfg.dw_shape, device)
+    for row in results["dwconv"]:
+        log(f"  depthwise K={row['k']} {row['dtype']}: native {row['native_ms']:.1f} ms, fft {row['fft_ms']:.1f} ms")
+    results["bench_s"] = time.perf_counter() - started
+    return results
+
+
+def table(results: dict) -> str:
+    """The results as markdown tables (what docs/performance.md shows)."""
+    env = results["env"]
+    lines = [f"Device: {env['device_name']} ({env['threads']} threads), torch {env['torch']}; "
+             f"steps at {results['size'][0]}x{results['size'][1]}, batch {results['config']['batch_size']}; "
+             f"fast setting = {results['fast_setting']}", "",
+             "| variant | reference img/s | project fp32 img/s | ratio | project fast img/s | ratio | "
+             "peak mem fast (MB) | predict ms/img |", "|---|---|---|---|---|---|---|---|"]
+    for v, s in results["steps"].items():
+        inf = results["inference"].get(v, {})
+        lines.append(f"| {v} | {s['reference']['images_per_s']:.2f} | {s['project_32']['images_per_s']:.2f} | "
+                     f"{s['ratio_32']:.2f} | {s['project_fast']['images_per_s']:.2f} | {s['ratio_fast']:.2f} | "
+                     f"{s['project_fast']['peak_mem_mb']:.0f} | {inf.get('predict_ms', float('nan')):.1f} |")
+    lines += ["", f"| {results['config']['settings_variant']} setting | img/s | x reference | first step s | "
+              "peak mem (MB) |", "|---|---|---|---|---|"]
+    for name, r in results["settings"].items():
+        lines.append(f"| {name} | {r['images_per_s']:.2f} | {r['ratio_to_reference']:.2f} | "
+                     f"{r['first_step_s']:.1f} | {r['peak_mem_mb']:.0f} |")
+    ld = results["loader"]
+    lines += ["", f"Loader at {ld['size'][0]}x{ld['size'][1]}, batch {results['config']['batch_size']} "
+              f"({ld['train_images']} train images): model consumes {ld['model_images_per_s']:.2f} img/s "
+              f"({ld['model_setting']})", "", "| loader | img/s | x model |", "|---|---|---|",
+              f"| first epoch (decode + cache) | {ld['first_epoch_images_per_s']:.1f} | "
+              f"{ld['first_epoch_images_per_s'] / ld['model_images_per_s']:.2f} |"]
+    for key in [k for k in ld if k.startswith("cached_") and k.endswith("_images_per_s")]:
+        label = key.removeprefix("cached_").removesuffix("_images_per_s")
+        lines.append(f"| cached, {label} | {ld[key]:.1f} | {ld[key] / ld['model_images_per_s']:.2f} |")
+    fused = {v: r["fused"] for v, r in results["inference"].items() if "fused" in r}
+    if fused:
+        lines += ["", "| variant | unfused ms/img | fused ms/img | speedup | max rel diff |", "|---|---|---|---|---|"]
+        lines += [f"| {v} | {f['unfused_ms']:.1f} | {f['fused_ms']:.1f} | {f['speedup']:.2f} | "
+                  f"{f['max_rel_diff']:.1e} |" for v, f in fused.items()]
+    lines += ["", "| depthwise K | dtype | native fwd+bwd ms | fft fwd+bwd ms | native/fft |", "|---|---|---|---|---|"]
+    lines += [f"| {r['k']} | {r['dtype']} | {r['native_ms']:.1f} | {r['fft_ms']:.1f} | {r['native_over_fft']:.2f} |"
+              for r in results["dwconv"]]
+    m = results["matmul"]
+    lines += ["", f"Matmul {m['size']}^2: bf16 {m['bf16_tflops']:.3f} TFLOP/s, fp32 {m['float32_tflops']:.3f} "
+              f"TFLOP/s; {results['config']['settings_variant']} step {m['train_step_gflop']:.1f} GFLOP at "
+              f"{m['achieved_tflops']:.3f} TFLOP/s ({m['best_setting']}): MFU {100 * m['mfu_vs_bf16_matmul']:.1f}%"]
+    return "\n".join(lines)
+
+
+def _numeric_leaves(d, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    items = d.items() if isinstance(d, dict) else ((f"{r['k']}_{r['dtype']}", r) for r in d)
+    for k, v in items:
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, list)) and k not in ("config", "size", "shape"):
+            out.update(_numeric_leaves(v, key + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def write_results(results: dict, out: str | Path, experiment: str = "bench") -> str:
+    """The JSON file and an MLflow run in ``experiment`` (metrics, params, the JSON); the run id."""
+    import mlflow
+
+    from lk_segment.tracking import artifact_location, tracking_uri
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifact_location())
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"bench-{results['env']['device']}") as run:
+        mlflow.log_params({k: str(v)[:250] for k, v in results["config"].items()})
+        mlflow.set_tags({"device_name": results["env"]["device_name"], "torch": results["env"]["torch"]})
+        metrics = {k: v for k, v in _numeric_leaves(results).items() if not k.startswith("env/")}
+        mlflow.log_metrics({k.replace("+", "_"): v for k, v in metrics.items()})
+        mlflow.log_artifact(str(out))
+        return run.info.run_id
+
+
+def bench_config_from(args: dict) -> BenchConfig:
+    """A BenchConfig from the CLI's options (None: keep the default)."""
+    return BenchConfig(**{k: v for k, v in args.items() if v is not None})
+

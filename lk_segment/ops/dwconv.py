@@ -1,0 +1,138 @@
+"""Large-kernel depthwise convolution: PyTorch's native kernel or an FFT convolution.
+
+PyTorch's depthwise kernel does K*K multiply-adds per output pixel, so its cost grows with
+the square of the kernel side (RepLKNet reports it slow at 31x31). An FFT convolution costs
+O(log(H*W)) per pixel whatever K is, but pays transforms, padding and complex products; which
+one wins depends on the shape, the device and the dtype, so ``impl="auto"`` times both on the
+first call with a given shape and keeps the faster one (``choose_dw_impl``).
+
+Both compute the same function (zero padding, "same" output size, odd K, stride 1):
+tests/test_ops.py checks float32 relative error < 1e-5, forward and backward.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DW_IMPLS = ("auto", "native", "fft")
+
+# (impl-independent shape key) -> "native" | "fft"; measured once per process and shape.
+_CHOICES: dict[tuple, str] = {}
+
+
+def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=K//2, groups=C)`` for odd K, computed with real FFTs.
+
+    Cross-correlation of the zero-padded input with w is circular convolution with the flipped
+    kernel on an (H + K - 1, W + K - 1) grid; the last H x W outputs are free of wrap-around.
+    Runs in float32 (cuFFT and pocketfft have no bfloat16) and returns the input's dtype.
+    """
+    c, one, kh, kw = weight.shape
+    if one != 1 or x.shape[1] != c or kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"depthwise weight (C, 1, odd, odd) expected for {x.shape[1]} channels, "
+                         f"got {tuple(weight.shape)}")
+    h, w = x.shape[-2:]
+    xf = x.float()
+    xp = F.pad(xf, (kw // 2, kw // 2, kh // 2, kh // 2))  # (B, C, H, W) -> (B, C, H+K-1, W+K-1)
+    size = xp.shape[-2:]
+    spec = torch.fft.rfft2(xp) * torch.fft.rfft2(weight.float().flip(-2, -1)[:, 0], s=size)  # (B, C, H+K-1, W'/2+1)
+    out = torch.fft.irfft2(spec, s=size)[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]  # -> (B, C, H, W)
+    if bias is not None:
+        out = out + bias.float().view(1, c, 1, 1)
+    return out.to(x.dtype).contiguous(memory_format=_memory_format(x))
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
+
+
+def native_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    kh, kw = weight.shape[-2:]
+    return F.conv2d(x, weight, bias, padding=(kh // 2, kw // 2), groups=weight.shape[0])
+
+
+_FUNCTIONS = {"native": native_depthwise_conv2d, "fft": fft_depthwise_conv2d}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_dw_impl(impl: str, x: torch.Tensor, weight: torch.Tensor, backward: bool = True, repeats: int = 3) -> float:
+    """Median seconds of one forward (+ backward) of ``impl`` on fresh copies of x and weight."""
+    fn = _FUNCTIONS[impl]
+    x = x.detach().clone().requires_grad_(backward)
+    weight = weight.detach().clone().requires_grad_(backward)
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up (allocations, FFT plans)
+        _sync(x.device)
+        start = time.perf_counter()
+        out = fn(x, weight)
+        if backward:
+            out.float().sum().backward()
+        _sync(x.device)
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def _shape_key(x: torch.Tensor, weight: torch.Tensor, backward: bool) -> tuple:
+    return (tuple(x.shape), tuple(weight.shape), x.dtype, x.device.type, backward,
+            x.is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled(x.device.type))
+
+
+def choose_dw_impl(x: torch.Tensor, weight: torch.Tensor, backward: bool = True) -> str:
+    """The faster of native and FFT for this shape, dtype, device and autocast state, measured
+    once per process and remembered."""
+    key = _shape_key(x, weight, backward)
+    if key not in _CHOICES:
+        with torch.enable_grad() if backward else torch.no_grad():
+            # one call after a warm-up each: the gap is usually several-fold, and a slow native
+            # large kernel on CPU takes seconds per call
+            times = {impl: time_dw_impl(impl, x, weight, backward, repeats=1) for impl in _FUNCTIONS}
+        _CHOICES[key] = min(times, key=times.get)
+    return _CHOICES[key]
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise, size-keeping k x k ``nn.Conv2d`` (same weights, same state_dict) whose
+    forward runs natively, by FFT, or by whichever is faster for the shape (``impl="auto"``).
+
+    Under ``torch.compile`` the auto choice is not measured (timing inside a trace means
+    nothing): it uses the choice already made for that shape, else the native kernel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, bias: bool = False, impl: str = "auto"):
+        if impl not in DW_IMPLS:
+            raise ValueError(f"unknown depthwise impl {impl!r}: choose one of {', '.join(DW_IMPLS)}")
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=bias)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd for a size-keeping depthwise conv, got {kernel_size}")
+        self.impl = impl
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, impl: str = "auto") -> DepthwiseConv2d:
+        """The same depthwise conv (weights, bias) with the given ``impl``: e.g. a fused one."""
+        out = cls(conv.out_channels, conv.kernel_size[0], bias=conv.bias is not None, impl=impl)
+        out.load_state_dict(conv.state_dict())
+        return out.to(conv.weight.device)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", impl={self.impl}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        impl = self.impl
+        if impl == "auto":
+            impl = self._auto(x)
+        return _FUNCTIONS[impl](x, self.weight, self.bias)
+
+    def _auto(self, x: torch.Tensor) -> str:
+        backward = torch.is_grad_enabled() and self.weight.requires_grad
+        if torch.compiler.is_compiling():
+            return _CHOICES.get(_shape_key(x, self.weight, backward), "native")
+        return choose_dw_impl(x, self.weight, backward)

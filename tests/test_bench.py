@@ -1,0 +1,149 @@
+"""The bench in a tiny configuration, and the correctness of what it compares: the reference
+computes the project's function, the fast settings give the float32 loss, fused = unfused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lk_segment.bench import BenchConfig, bench_fused, parse_setting, run_bench, table, write_results
+from lk_segment.blocks import list_blocks
+from lk_segment.cli import main
+from lk_segment.config import load_config, to_container
+from lk_segment.data.augment_gpu import BatchAugmentation
+from lk_segment.data.carvana import MEAN, STD
+from lk_segment.errors import UserError
+from lk_segment.reference import REFERENCE_BLOCKS, ReferenceUNet, reference_loss
+from lk_segment.system import SegmentationSystem, soft_dice_loss
+from lk_segment.unet import UNet
+from tests.conftest import tiny_overrides
+
+requires_replk = pytest.mark.skipif("replk" not in list_blocks(), reason="the replk block is not registered yet")
+
+
+def tiny_bench(root, variants=("3x3",), **kw) -> BenchConfig:
+    opts = dict(variants=list(variants), overrides=[*tiny_overrides(root), "model.depth=2"], height=64,
+                steps=1, warmup=1, settings=["32", "bf16+cl"], loader_height=64, loader_images=32,
+                loader_workers=[0], inference_repeats=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16], matmul_size=64)
+    opts.update(kw)
+    return BenchConfig(**opts)
+
+
+def positive_numbers(d) -> list[float]:
+    values = d.values() if isinstance(d, dict) else d
+    out = []
+    for v in values:
+        if isinstance(v, (dict, list)):
+            out += positive_numbers(v)
+        elif isinstance(v, float):
+            out.append(v)
+    return out
+
+
+def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
+    results = run_bench(tiny_bench(tiny_root), log=lambda *_: None)
+    s = results["steps"]["3x3"]
+    assert s["reference"]["kind"] == "reference"
+    assert s["ratio_32"] == pytest.approx(s["project_32"]["images_per_s"] / s["reference"]["images_per_s"])
+    assert set(results["settings"]) == {"32", "bf16+cl"}
+    assert results["loader"]["train_images"] > 0 and results["loader"]["model_images_per_s"] > 0
+    assert {"cached_cpu_aug_w0_images_per_s", "cached_device_aug_w0_images_per_s"} <= set(results["loader"])
+    assert [(r["k"], r["dtype"]) for r in results["dwconv"]] == [(3, "float32"), (3, "bf16"), (7, "float32"),
+                                                                 (7, "bf16")]
+    assert results["inference"]["3x3"]["predict_ms"] > 0
+    numbers = [v for v in positive_numbers(results) if v != results["inference"]["3x3"].get("max_rel_diff")]
+    assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers)
+    assert "| 3x3 |" in table(results)
+
+    run_id = write_results(results, workdir / "bench.json")
+    assert json.loads((workdir / "bench.json").read_text())["fast_setting"] == results["fast_setting"]
+    import mlflow
+
+    run = mlflow.get_run(run_id)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "bench"
+    assert run.data.metrics["steps/3x3/ratio_32"] == pytest.approx(s["ratio_32"])
+
+
+@pytest.mark.parametrize("block,k", [("3x3", 3), ("5x5", 5), ("1x5", 5)])
+def test_reference_computes_the_projects_function(block, k):
+    assert block in REFERENCE_BLOCKS
+    unet, ref = UNet(block, width=4, depth=2, kernel_size=k), ReferenceUNet(block, width=4, depth=2, kernel_size=k)
+    # Same architecture, parameters created in the same order: copy them across by position.
+    ref.load_state_dict(dict(zip(ref.state_dict().keys(), unet.state_dict().values(), strict=True)))
+    x, target = torch.randn(2, 3, 32, 48), (torch.rand(2, 1, 32, 48) > 0.5).float()
+    unet.eval(), ref.eval()
+    torch.testing.assert_close(ref(x), unet(x))
+    logits = unet(x)
+    project_loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + soft_dice_loss(logits, target)
+    torch.testing.assert_close(reference_loss(logits, target), project_loss)
+
+
+@pytest.mark.parametrize("setting", ["bf16", "bf16+cl", "32+cl"])
+def test_fast_settings_give_the_float32_loss(tiny_cfg, setting):
+    cfg = load_config("3x3", ["model.width=4", "model.depth=2"])
+    config = to_container(cfg)
+    torch.manual_seed(0)
+    plain = SegmentationSystem(model=config["model"], optim=config["optim"]).eval()
+    fast = SegmentationSystem(model=config["model"], optim=config["optim"]).eval()
+    fast.load_state_dict(plain.state_dict())
+    opts = parse_setting(setting)
+    fast.configure_speed(channels_last=opts["channels_last"])
+    x, target = torch.randn(2, 3, 64, 96), (torch.rand(2, 1, 64, 96) > 0.5).float()
+    want = plain._loss(plain(x), target)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts["precision"] == "bf16-mixed"):
+        got = fast._loss(fast(x), target)
+    tolerance = 2e-2 if opts["precision"] == "bf16-mixed" else 1e-5  # bf16 keeps 8 bits of mantissa
+    assert abs(float(got) - float(want)) <= tolerance * abs(float(want))
+    if opts["channels_last"]:
+        assert next(fast.model.parameters()).is_contiguous(memory_format=torch.channels_last)
+
+
+@requires_replk
+def test_fused_replk_agrees_with_unfused(tiny_root, workdir):
+    cfg = load_config("3x3", [*tiny_overrides(tiny_root), "model.block=replk", "model.kernel_size=7",
+                              "model.depth=2"])
+    image = torch.randint(0, 256, (100, 150, 3), dtype=torch.uint8).numpy()
+    result = bench_fused(cfg, image, repeats=1, device=torch.device("cpu"))
+    assert result["max_rel_diff"] < 1e-4
+    assert result["unfused_ms"] > 0 and result["fused_ms"] > 0
+
+
+def test_batch_augmentation_moves_masks_with_images():
+    torch.manual_seed(0)
+    mean, std = (torch.from_numpy(v / 255).view(1, 3, 1, 1) for v in (MEAN, STD))
+    images = (torch.rand(4, 3, 32, 48) - mean) / std  # normalised photos: pixels in 0..1 before
+    masks = (torch.rand(4, 1, 32, 48) > 0.5).float()
+    out_images, out_masks = BatchAugmentation()(images, masks)
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    import kornia.augmentation as K
+
+    flip = BatchAugmentation()  # a sure flip and no colour: the mask must move exactly as the image
+    flip.geometric = K.AugmentationSequential(K.RandomHorizontalFlip(p=1.0), data_keys=["input", "mask"])
+    flip.colour = torch.nn.Identity()
+    got_images, got_masks = flip(images, masks)
+    torch.testing.assert_close(got_images, images.flip(-1), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got_masks, masks.flip(-1))
+
+
+def test_augment_on_gpu_moves_augmentation_into_the_system(tiny_cfg):
+    from lk_segment.data.module import CarvanaDataModule
+
+    cfg = tiny_cfg("3x3", "data.augment=true", "data.augment_on=gpu")
+    system = SegmentationSystem(**{k: to_container(cfg)[k] for k in ("model", "optim", "data")})
+    assert isinstance(system.batch_augment, BatchAugmentation)
+    dm = CarvanaDataModule(cfg.data, progress=False)
+    dm.setup("fit")
+    assert dm.train_set.transform is None  # the loader only decodes and normalises
+    with pytest.raises(UserError, match="augment_on"):
+        CarvanaDataModule(tiny_cfg("3x3", "data.augment_on=tpu").data)
+
+
+def test_bad_setting_and_unknown_variant_are_refused(capsys):
+    with pytest.raises(ValueError, match="setting"):
+        parse_setting("fp8")
+    assert main(["bench", "--variants", "9x9"]) == 2
+    assert "9x9" in capsys.readouterr().err
