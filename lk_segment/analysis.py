@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,15 +40,22 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
     """
     param = next(model.parameters())
     x = torch.zeros(1, _in_chs(model), *size, dtype=param.dtype, device=param.device)
-    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    with _eval_mode(model), counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside, then every submodule back in the mode it had (a frozen norm stays frozen)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(x)
+        yield
     finally:
-        model.train(was_training)
-    return counter.get_total_flops() / 1e9
+        for module, training in modes:
+            module.training = training
 
 
 def _in_chs(model: nn.Module) -> int:
@@ -70,16 +79,12 @@ def erf_map(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> np.n
     param = next(model.parameters())
     n, _, h, w = images.shape
     total = torch.zeros(h, w, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for start in range(0, n, batch_size):
             x = images[start : start + batch_size].to(device=param.device, dtype=param.dtype).requires_grad_(True)
             centre = model(x)[:, 0, h // 2, w // 2]  # (B,): one logit per image
             (grad,) = torch.autograd.grad(centre.sum(), x)  # images are independent: one backward for all
             total += grad.abs().sum(dim=1).sum(dim=0).double().cpu()  # (B, C, H, W) -> (H, W)
-    finally:
-        model.train(was_training)
     return (total / n).numpy()
 
 

@@ -56,10 +56,11 @@ def test_erf_of_two_stacked_3x3_is_5x5():
 def test_erf_averages_over_images_and_leaves_the_model_alone():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 1, 1)).train()
+    model[3].eval()  # a submodule frozen on purpose must stay so
     images = torch.randn(5, 2, 17, 17)
     mean_of_singles = np.mean([erf_map(model, images[i : i + 1]) for i in range(5)], axis=0)
     np.testing.assert_allclose(erf_map(model, images, batch_size=2), mean_of_singles, rtol=1e-6)
-    assert model.training  # mode restored
+    assert model.training and model[1].training and not model[3].training  # modes restored
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model[1].running_mean, torch.zeros(3))  # eval mode: statistics untouched
 
