@@ -28,6 +28,10 @@ class ModelConfig:
     kernel_size: int = 3  # k of the block's k x k (or 1 x k, k x 1) kernels
     skip: str = "add"  # add (the seed study's choice) | concat
     block_args: dict[str, Any] = field(default_factory=dict)  # extra options of the block
+    # x2 decoder upsampling: transpose (the seed's 2x2 transposed conv) | bilinear (+ 1x1 conv)
+    # | pixelshuffle (1x1 conv + sub-pixel shuffle, ICNR-initialised against checkerboards)
+    upsample: str = "transpose"
+    boundary_refine: bool = False  # x + conv3x3(relu(conv3x3(x))) after each decoder block (Peng et al.)
 
 
 @dataclass

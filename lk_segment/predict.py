@@ -35,11 +35,26 @@ def load_system(ckpt: str | Path, map_location: str = "cpu") -> SegmentationSyst
     return system.eval()
 
 
+def fuse_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Write ``dst``: the checkpoint ``src`` with its model re-parameterised (``replk``'s
+    deploy-time form) and ``model.fused`` set in its hyper-parameters, so it reloads into the
+    fused architecture (``load_system``) and predicts the same masks."""
+    system = load_system(src)  # a missing or unreadable file stops here with a UserError
+    system.model.reparameterize()
+    checkpoint = torch.load(src, map_location="cpu", weights_only=True)  # keeps Lightning's own keys
+    checkpoint["state_dict"] = system.state_dict()
+    checkpoint["hyper_parameters"]["model"] = {**checkpoint["hyper_parameters"]["model"], "fused": True}
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, dst)
+    return Path(dst)
+
+
 class Predictor:
     """A reloaded model that turns RGB uint8 images of any size into 0/1 masks of that size."""
 
     def __init__(self, system: SegmentationSystem, device: str = "cpu"):
-        self.model = system.model.to(device).eval()
+        # The deploy-time form: re-parameterisable blocks (replk) fused, same masks, faster.
+        self.model = system.model.eval().reparameterize().to(device)
         self.device = device
         data = system.hparams.get("data") or {}
         self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -21,6 +23,13 @@ PARAM_FORMULAS = {
     "3x3": lambda ci, co, k: k * k * ci * co + k * k * co * co + 4 * co,
     "5x5": lambda ci, co, k: k * k * ci * co + 2 * co,
     "1x5": lambda ci, co, k: k * ci * co + k * co * co + 2 * co,
+    "gcn": lambda ci, co, k: 2 * k * ci * co + 2 * k * co * co + 2 * co,
+    "dilated": lambda ci, co, k: k * k * ci * co + k * k * co * co + 4 * co,  # two layers by default
+    "dws": lambda ci, co, k: k * k * ci + ci * co + 2 * ci + 2 * co,
+    "grouped": lambda ci, co, k: k * k * ci * co // math.gcd(4, ci, co) + co * co + 4 * co,  # groups=4 default
+    # projection (C_in != C_out) + two 1x1 + depthwise K x K and 3x3 (small_kernel default), BN after each
+    "replk": lambda ci, co, k: (ci * co + 2 * co) * (ci != co) + 2 * co * co + (k * k + 9) * co + 8 * co,
+    "interp": lambda ci, co, k: 9 * ci * co + 2 * co,  # a 3x3 grid of control values whatever k is
 }
 
 

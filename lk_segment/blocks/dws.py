@@ -1,0 +1,28 @@
+"""Depthwise-separable convolution (MobileNet, Howard et al. 2017; Xception, Chollet 2017)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lk_segment.blocks.registry import conv_bn_act, register_block
+
+
+@register_block("dws")
+class DepthwiseSeparableBlock(nn.Sequential):
+    """Depthwise k x k (one filter per input channel) -> BN -> ReLU, then pointwise 1 x 1
+    -> BN -> ReLU, MobileNet's layout.
+
+    The spatial and the channel mixing are split: k^2 weights per channel plus one dense
+    1 x 1, so a large k costs little. Params: k^2*C_in + C_in*C_out + 2*C_in + 2*C_out.
+    """
+
+    params_formula = "k²·C_in + C_in·C_out + 2·C_in + 2·C_out"
+
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
+                 norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
+        k = (kernel_size, kernel_size)
+        super().__init__(
+            conv_bn_act(in_chs, in_chs, k, groups=in_chs, norm_layer=norm_layer, act_layer=act_layer),
+            conv_bn_act(in_chs, out_chs, (1, 1), norm_layer=norm_layer, act_layer=act_layer),
+        )
+        self.rf_extent = kernel_size
