@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from lk_segment.bench import BenchConfig, bench_fused, parse_setting, run_bench, table, write_results
+from lk_segment.bench import BenchConfig, bench_fused, parse_setting, pick_fast, run_bench, table, write_results
 from lk_segment.blocks import list_blocks
 from lk_segment.cli import main
 from lk_segment.config import load_config, to_container
@@ -147,3 +147,11 @@ def test_bad_setting_and_unknown_variant_are_refused(capsys):
         parse_setting("fp8")
     assert main(["bench", "--variants", "9x9"]) == 2
     assert "9x9" in capsys.readouterr().err
+
+
+def test_pick_fast_wants_compile_to_earn_its_compile_time():
+    rows = {"32": 1.0, "bf16+cl": 2.0, "bf16+cl+compile": 2.1}
+    settings = {name: {"images_per_s": v} for name, v in rows.items()}
+    assert pick_fast(settings) == "bf16+cl"  # 5% faster does not pay for minutes of compiling
+    settings["bf16+cl+compile"]["images_per_s"] = 3.0
+    assert pick_fast(settings) == "bf16+cl+compile"
