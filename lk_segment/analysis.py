@@ -36,14 +36,34 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
     Counted by ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add is 2 FLOPs, and
     only the matrix products and convolutions count (BatchNorm, activations, pooling and
     additions are a rounding error beside them). The model is run once in eval mode, so
-    BatchNorm statistics do not move.
+    BatchNorm statistics do not move. This is the cost of the architecture, not of one
+    implementation: depthwise convolutions that may run by FFT are counted as direct ones.
     """
     param = next(model.parameters())
     x = torch.zeros(1, _in_chs(model), *size, dtype=param.dtype, device=param.device)
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), counter, torch.no_grad():
+    with _eval_mode(model), _native_depthwise(model), counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / 1e9
+
+
+@contextmanager
+def _native_depthwise(model: nn.Module) -> Iterator[None]:
+    """Run every ``lk_segment.ops.DepthwiseConv2d`` natively inside, then give back its ``impl``.
+
+    FlopCounterMode does not count FFTs, and ``impl="auto"`` would time both implementations
+    (under the counter) before choosing one: neither belongs in a count of the architecture.
+    """
+    from lk_segment.ops import DepthwiseConv2d
+
+    impls = [(module, module.impl) for module in model.modules() if isinstance(module, DepthwiseConv2d)]
+    for module, _ in impls:
+        module.impl = "native"
+    try:
+        yield
+    finally:
+        for module, impl in impls:
+            module.impl = impl
 
 
 @contextmanager

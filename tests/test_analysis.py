@@ -85,6 +85,15 @@ def test_gflops_of_one_conv_is_analytic(k, c_in, c_out, size):
     assert count_gflops(conv, size) == pytest.approx(2 * k * k * c_in * c_out * h * w / 1e9)
 
 
+@pytest.mark.parametrize("impl", ["auto", "fft", "native"])
+def test_gflops_count_a_depthwise_conv_as_direct_whatever_runs_it(impl):
+    from lk_segment.ops import DepthwiseConv2d
+
+    conv = DepthwiseConv2d(6, 13, impl=impl)
+    assert count_gflops(conv, (24, 40)) == pytest.approx(2 * 13 * 13 * 6 * 24 * 40 / 1e9)
+    assert conv.impl == impl
+
+
 def test_gflops_grow_with_the_input_area_and_leave_batchnorm_alone():
     from lk_segment.unet import UNet
 
