@@ -440,7 +440,12 @@ def run_bench(bcfg: BenchConfig, log=print) -> dict:
     ref = reference_step(base, images, masks, bcfg.steps, bcfg.warmup, device)
     settings = {}
     for name in bcfg.settings:
-        row = project_step(base, parse_setting(name), images, masks, bcfg.steps, bcfg.warmup, device)
+        try:
+            row = project_step(base, parse_setting(name), images, masks, bcfg.steps, bcfg.warmup, device)
+        except Exception as exc:  # e.g. torch.compile without a working C++ compiler: say so, go on
+            results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            log(f"  {bcfg.settings_variant} {name}: failed ({results['errors'][name]})")
+            continue
         row["ratio_to_reference"] = row["images_per_s"] / ref["images_per_s"]
         settings[name] = row
         log(f"  {bcfg.settings_variant} {name}: {row['images_per_s']:.2f} img/s (x{row['ratio_to_reference']:.2f}"
