@@ -15,6 +15,9 @@ INPUT ?=
 OUT ?= predictions
 ERF_OUT ?= erf
 BENCH_OUT ?= bench.json
+VARIANTS ?= 3x3 5x5 1x5 gcn replk
+SEEDS ?= 3
+EXPERIMENT ?= compare
 TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -38,6 +41,13 @@ install: $(STAMP) ## create .venv and install the project (done on first use by 
 
 train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..."
 	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS)
+
+.PHONY: compare report
+compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the report: make compare VARIANTS="3x3 5x5" SEEDS=3 ARGS="..."
+	$(BIN)/lk-segment compare --experiment $(EXPERIMENT) --variants $(VARIANTS) --seeds $(SEEDS) $(ARGS)
+
+report: $(STAMP) ## results table, plots, conclusions of a comparison from MLflow alone: make report EXPERIMENT=compare
+	$(BIN)/lk-segment report $(EXPERIMENT) $(ARGS)
 
 predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>) INPUT=<dir of .jpg> OUT=<dir>
 	@test -n "$(INPUT)" || { echo "make predict needs INPUT=<folder of .jpg>"; exit 2; }

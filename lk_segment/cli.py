@@ -1,4 +1,4 @@
-"""The ``lk-segment`` command: train, predict, config, variants, erf.
+"""The ``lk-segment`` command: train, predict, config, variants, erf, compare, report.
 
 A mistake the user can fix (a bad key, a missing folder, an unknown run id) prints one line
 that names it and exits with status 2; ``--debug`` shows the traceback instead.
@@ -84,6 +84,27 @@ def _erf(args) -> None:
           + (" (also logged to the run)" if args.run else ""))
 
 
+def _compare(args) -> None:
+    from lk_segment.compare import compare
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    variants = [v for item in args.variants for v in item.split()]
+    result = compare(variants, args.seeds, args.overrides, experiment=args.experiment, report_dir=args.out)
+    print(f"comparison {result['parent_run_id']}: {len(result['trained'])} trained, {len(result['skipped'])} "
+          f"skipped (already finished); report {result['report']['markdown']}")
+
+
+def _report(args) -> None:
+    from lk_segment.report import write_report
+
+    out = args.out or os.path.join("reports", args.experiment)
+    result = write_report(args.experiment, out, parent_run_id=args.run, markdown_path=args.markdown)
+    print(f"report of comparison {result['parent_run_id']}: {result['markdown']}, {result['csv']}, "
+          f"{len(result['plots'])} plots (also logged to that run)")
+    print(result["conclusions"])
+
+
 def _bench(args) -> None:
     from lk_segment.bench import bench_config_from, run_bench, table, write_results
 
@@ -152,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="erf", help="folder for <run id or variant>/erf.png (default erf)")
     p.add_argument("overrides", nargs="*", help="with --variant: key=value config overrides, e.g. data.root=...")
     p.set_defaults(func=_erf)
+
+    p = sub.add_parser("compare", help="train every variant x seed under one MLflow parent run, then report")
+    p.add_argument("--variants", nargs="+", default=["3x3", "5x5", "1x5"], help="variant names (default 3x3 5x5 1x5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
+    p.add_argument("--experiment", default="compare", help="MLflow experiment (default compare)")
+    p.add_argument("--out", help="folder for the report (default reports/<experiment>)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides shared by every run, e.g. trainer.max_epochs=3")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("report", help="results table, plots and conclusions of a comparison, from MLflow alone")
+    p.add_argument("experiment", help="the MLflow experiment of the comparison")
+    p.add_argument("--run", help="the comparison's parent run id (default: the latest in the experiment)")
+    p.add_argument("--out", help="folder for results.csv and the plots (default reports/<experiment>)")
+    p.add_argument("--markdown", help="path of the Markdown report (default <out>/results.md)")
+    p.set_defaults(func=_report)
     return parser
 
 

@@ -56,3 +56,22 @@ def carvana_root() -> Path | None:
 requires_carvana = pytest.mark.skipif(
     carvana_root() is None, reason="LK_CARVANA_ROOT is unset: point it at the real Carvana sample to run this test"
 )
+
+
+@pytest.fixture(scope="session")
+def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
+    """A finished comparison (3x3 and 1x5, 2 seeds, 1 epoch each) in its own folder and store.
+
+    Shared by tests/test_compare.py and tests/test_browser.py: four trainings, run once.
+    """
+    from lk_segment.compare import compare
+
+    work = tmp_path_factory.mktemp("comparison")
+    uri = f"sqlite:///{work}/mlruns/mlflow.db"
+    (work / "mlruns").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        overrides = [o for o in tiny_overrides(tiny_root) if not o.startswith("experiment=")]
+        result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report")
+    return {"work": work, "uri": uri, "experiment": "tiny_compare", "overrides": overrides, **result}

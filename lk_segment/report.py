@@ -1,0 +1,504 @@
+"""The comparison's report, rebuilt from MLflow alone (no retraining): a results table (CSV and
+Markdown), plots (PNG) and a conclusions paragraph generated from the numbers.
+
+    lk-segment report compare                      # the latest comparison in experiment "compare"
+    lk-segment report compare --out docs/results --markdown docs/results.md
+
+The figures per run: best ``val/dice`` over its epochs; the median over epochs of
+``perf/epoch_time_s`` and ``perf/train_images_per_s`` (the median ignores the first epoch's
+one-off start-up); the peak of ``perf/gpu_peak_mem_mb`` where present, else of
+``perf/cpu_peak_rss_mb``. Per variant: mean and standard deviation over its seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lk_segment.errors import UserError
+
+CURVE_KEYS = ("val/dice", "train/loss")
+PLOTS = {
+    "dice_vs_epoch_time": "Best val/dice against epoch time; the Pareto front (nothing both faster and better) joined",
+    "dice_vs_params": "Best val/dice against parameter count",
+    "training_curves": "Training curves of every run (one colour per variant, one line per seed)",
+    "erf": "Effective receptive fields (gradient of the centre output pixel w.r.t. the input, mean over seeds)",
+}
+
+
+@dataclass
+class RunRecord:
+    variant: str
+    seed: int
+    run_id: str
+    best_dice: float
+    epoch_time_s: float
+    images_per_s: float
+    peak_mem_mb: float
+    mem_kind: str  # "GPU" or "CPU RSS"
+    params: dict[str, str]
+    metrics: dict[str, float]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    erf: np.ndarray | None = None
+
+
+@dataclass
+class VariantRow:
+    variant: str
+    seeds: int
+    stats: dict[str, tuple[float, float]]  # name -> (mean, std over seeds)
+    params: int | None
+    gflops: float | None
+    rf_px: float | None
+
+
+def load_comparison(experiment: str, parent_run_id: str | None = None) -> tuple[object, list[RunRecord]]:
+    """The parent run (the latest comparison unless given) and its FINISHED children."""
+    from lk_segment.compare import PARENT_TAG, ROLE_TAG
+    from lk_segment.tracking import client as mlflow_client
+    from lk_segment.tracking import tracking_uri
+
+    client = mlflow_client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(
+            f"no MLflow experiment {experiment!r} in {tracking_uri()}: run `make compare` first "
+            "or pass the experiment's name as shown by `make ui`"
+        )
+    if parent_run_id is None:
+        parents = client.search_runs(
+            [exp.experiment_id],
+            f"tags.`{ROLE_TAG}` = 'comparison'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not parents:
+            raise UserError(f"experiment {experiment!r} holds no comparison (no run tagged {ROLE_TAG}=comparison)")
+        parent = parents[0]
+    else:
+        parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+    latest = {(r.data.tags["variant"], int(r.data.tags["seed"])): r for r in runs}  # a retried pair: the last
+    if not latest:
+        raise UserError(f"comparison {parent.info.run_id} has no finished training yet: wait for its first run")
+    return parent, [_record(client, run) for run in latest.values()]
+
+
+def _record(client, run) -> RunRecord:
+    history = {
+        key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
+        for key in (
+            *CURVE_KEYS,
+            "perf/epoch_time_s",
+            "perf/train_images_per_s",
+            "perf/gpu_peak_mem_mb",
+            "perf/cpu_peak_rss_mb",
+        )
+    }
+    gpu = history["perf/gpu_peak_mem_mb"]
+    return RunRecord(
+        variant=run.data.tags["variant"],
+        seed=int(run.data.tags["seed"]),
+        run_id=run.info.run_id,
+        best_dice=max(history["val/dice"], default=math.nan),
+        epoch_time_s=_median(history["perf/epoch_time_s"]),
+        images_per_s=_median(history["perf/train_images_per_s"]),
+        peak_mem_mb=max(gpu or history["perf/cpu_peak_rss_mb"] or [math.nan]),
+        mem_kind="GPU" if gpu else "CPU RSS",
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+        curves={key: history[key] for key in CURVE_KEYS},
+        erf=_load_erf(client, run.info.run_id),
+    )
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
+
+
+def _load_erf(client, run_id: str) -> np.ndarray | None:
+    import mlflow
+
+    from lk_segment.tracking import tracking_uri
+
+    if "erf/erf.npy" not in {a.path for a in client.list_artifacts(run_id, "erf")}:
+        return None
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="erf/erf.npy", tracking_uri=tracking_uri())
+    return np.load(path)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def summarise(records: list[RunRecord], order: list[str] | None = None) -> list[VariantRow]:
+    """One row per variant: mean and standard deviation (ddof=1; 0 with one seed) over seeds."""
+    variants = list(order or [])
+    variants += sorted({r.variant for r in records} - set(variants))
+    rows = []
+    for variant in variants:
+        runs = [r for r in records if r.variant == variant]
+        if not runs:
+            continue
+        values = {
+            "best_dice": [r.best_dice for r in runs],
+            "epoch_time_s": [r.epoch_time_s for r in runs],
+            "images_per_s": [r.images_per_s for r in runs],
+            "peak_mem_mb": [r.peak_mem_mb for r in runs],
+        }
+        for pct in (20, 50, 99):
+            key = f"erf/side_{pct}_px"
+            if any(key in r.metrics for r in runs):  # over the seeds measured (a collapsed model has no ERF)
+                values[f"erf_{pct}_px"] = [r.metrics[key] for r in runs if key in r.metrics]
+        stats = {
+            name: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for name, v in values.items()
+        }
+        params = runs[0].params
+        n_params = _number(params.get("model/params"))
+        rows.append(
+            VariantRow(
+                variant,
+                len(runs),
+                stats,
+                int(n_params) if n_params is not None else None,
+                _number(params.get("model/gflops")),
+                _number(params.get("model/receptive_field_px")),
+            )
+        )
+    return rows
+
+
+def exceeds_spread(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Means further apart than the sum of the two seed-to-seed standard deviations."""
+    return abs(a[0] - b[0]) > a[1] + b[1]
+
+
+def pareto_front(rows: list[VariantRow]) -> list[str]:
+    """Variants that no other variant beats on both Dice (higher) and epoch time (lower)."""
+
+    def dominated(r: VariantRow) -> bool:
+        d, t = r.stats["best_dice"][0], r.stats["epoch_time_s"][0]
+        return any(
+            o.stats["best_dice"][0] >= d
+            and o.stats["epoch_time_s"][0] <= t
+            and (o.stats["best_dice"][0] > d or o.stats["epoch_time_s"][0] < t)
+            for o in rows
+            if o is not r
+        )
+
+    return [r.variant for r in rows if not dominated(r)]
+
+
+def conclusions(rows: list[VariantRow]) -> str:
+    """A paragraph generated from the numbers: what exceeds the seed-to-seed spread, what does not."""
+    if not rows:
+        return "No finished runs."
+    seeds = min(r.seeds for r in rows)
+    rule = (
+        "A difference counts as real here only when two means differ by more than the sum of their "
+        f"standard deviations over seeds ({seeds}+ seeds per variant)."
+    )
+    if seeds < 2:
+        rule = "With one seed per variant the seed-to-seed spread is unknown, so no difference below is established."
+    best = max(rows, key=lambda r: r.stats["best_dice"][0])
+    ref = rows[0]
+    parts = [rule, f"Highest best val/dice: {best.variant} ({_pm(best.stats['best_dice'], 4)})."]
+    below = [r for r in rows if r is not best and exceeds_spread(r.stats["best_dice"], best.stats["best_dice"])]
+    within = [r for r in rows if r is not best and r not in below]
+    if below:
+        parts.append(
+            "Below it by more than the spread: "
+            + ", ".join(f"{r.variant} ({r.stats['best_dice'][0] - best.stats['best_dice'][0]:+.4f})" for r in below)
+            + "."
+        )
+    if within:
+        parts.append(
+            "Within the spread of it (not distinguishable at this budget): "
+            + ", ".join(f"{r.variant} ({r.stats['best_dice'][0] - best.stats['best_dice'][0]:+.4f})" for r in within)
+            + "."
+        )
+    faster, slower, same = [], [], []
+    for r in rows[1:]:
+        ratio = r.stats["epoch_time_s"][0] / ref.stats["epoch_time_s"][0]
+        text = f"{r.variant} x{ratio:.2f}"
+        if not exceeds_spread(r.stats["epoch_time_s"], ref.stats["epoch_time_s"]):
+            same.append(text)
+        else:
+            (faster if ratio < 1 else slower).append(text)
+    for label, items in (("slower than", slower), ("faster than", faster), ("as fast as (within the spread)", same)):
+        if items:
+            parts.append(f"Epoch time {label} {ref.variant}: {', '.join(items)}.")
+    parts.append(f"Pareto front of Dice against epoch time: {', '.join(pareto_front(rows))}.")
+    if not any("erf_50_px" in r.stats for r in rows):
+        parts.append("The effective receptive field was not measured for these runs.")
+    return " ".join(parts)
+
+
+def _pm(stat: tuple[float, float] | None, digits: int) -> str:
+    if stat is None or math.isnan(stat[0]):
+        return "n/a"
+    return f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
+
+
+def _fmt(value: float | int | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
+    """The Markdown table: header and cells."""
+    mem_kind = "peak memory (MB)"
+    header = [
+        "variant",
+        "seeds",
+        "best val/dice",
+        "epoch time (s)",
+        "images/s",
+        mem_kind,
+        "params",
+        "GFLOPs",
+        "RF (px)",
+        "ERF 50% side (px)",
+        "ERF 99% side (px)",
+    ]
+    cells = [
+        [
+            r.variant,
+            str(r.seeds),
+            _pm(r.stats["best_dice"], 4),
+            _pm(r.stats["epoch_time_s"], 2),
+            _pm(r.stats["images_per_s"], 1),
+            _pm(r.stats["peak_mem_mb"], 0),
+            _fmt(r.params),
+            _fmt(r.gflops, 3),
+            _fmt(r.rf_px),
+            _pm(r.stats.get("erf_50_px"), 1),
+            _pm(r.stats.get("erf_99_px"), 1),
+        ]
+        for r in rows
+    ]
+    return header, cells
+
+
+def write_csv(rows: list[VariantRow], path: Path) -> None:
+    names = ["best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb", "erf_20_px", "erf_50_px", "erf_99_px"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "variant",
+                "seeds",
+                *[f"{n}_{s}" for n in names for s in ("mean", "std")],
+                "params",
+                "gflops",
+                "receptive_field_px",
+            ]
+        )
+        for r in rows:
+            stats = [v for n in names for v in r.stats.get(n, (math.nan, math.nan))]
+            writer.writerow([r.variant, r.seeds, *stats, r.params, r.gflops, r.rf_px])
+
+
+def _colours(variants: list[str]) -> dict[str, tuple]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {v: cmap(i % 10) for i, v in enumerate(variants)}
+
+
+def plot_scatter(rows: list[VariantRow], x_key: str, path: Path, xlabel: str, front: list[str] | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    colours = _colours([r.variant for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
+    points = {}
+    for r in rows:
+        x = (float(r.params), 0.0) if x_key == "params" else r.stats[x_key]
+        y = r.stats["best_dice"]
+        points[r.variant] = (x[0], y[0])
+        ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", color=colours[r.variant], capsize=3, label=r.variant)
+        ax.annotate(r.variant, (x[0], y[0]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    if front:
+        xs, ys = zip(*sorted(points[v] for v in front), strict=True)
+        ax.plot(xs, ys, "--", color="grey", lw=1, label="Pareto front")
+    if x_key == "params":
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("best val/dice (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(records: list[RunRecord], order: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    colours = _colours(order)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
+    for ax, key in zip(axes, CURVE_KEYS, strict=True):
+        for r in sorted(records, key=lambda r: (order.index(r.variant), r.seed)):
+            values = r.curves.get(key, [])
+            label = r.variant if r.seed == min(o.seed for o in records if o.variant == r.variant) else None
+            ax.plot(range(1, len(values) + 1), values, marker=".", color=colours[r.variant], alpha=0.8, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_erf(records: list[RunRecord], order: list[str], path: Path) -> bool:
+    """ERF heat-maps side by side (each run's map scaled to max 1, then averaged over seeds)."""
+    import matplotlib.pyplot as plt
+
+    maps = {}
+    for variant in order:
+        erfs = [r.erf / max(float(r.erf.max()), 1e-12) for r in records if r.variant == variant and r.erf is not None]
+        if erfs and all(e.shape == erfs[0].shape for e in erfs):
+            maps[variant] = np.mean(erfs, axis=0)
+    if not maps:
+        return False
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.8), dpi=90, squeeze=False)
+    for ax, (variant, erf) in zip(axes[0], maps.items(), strict=True):
+        ax.imshow(erf, cmap="magma")
+        side = next((r.metrics.get("erf/side_50_px") for r in records if r.variant == variant), None)
+        ax.set_title(variant + (f"\n50% in {side:.0f} px" if side is not None else ""), fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def regenerate_command(parent, experiment: str) -> str:
+    params = parent.data.params
+    overrides = params.get("compare.overrides", "")
+    overrides = "" if overrides == "(none)" else overrides
+    seeds = params.get("compare.seeds", "0").split()
+    seeds_arg = str(len(seeds)) if seeds == [str(i) for i in range(len(seeds))] else '"' + " ".join(seeds) + '"'
+    return f'make compare EXPERIMENT={experiment} VARIANTS="{params.get("compare.variants", "")}" SEEDS={seeds_arg}' + (
+        f' ARGS="{overrides}"' if overrides else ""
+    )
+
+
+def write_report(
+    experiment: str,
+    out_dir: str | Path,
+    parent_run_id: str | None = None,
+    markdown_path: str | Path | None = None,
+    log_to_parent: bool = True,
+) -> dict:
+    """Write results.csv, the plots and the Markdown report; log them to the parent run's ``report/``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    parent, records = load_comparison(experiment, parent_run_id)
+    order = parent.data.params.get("compare.variants", "").split() or sorted({r.variant for r in records})
+    order = [v for v in order if any(r.variant == v for r in records)]
+    rows = summarise(records, order)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = Path(markdown_path) if markdown_path is not None else out_dir / "results.md"
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+
+    write_csv(rows, out_dir / "results.csv")
+    plots = {}
+    plot_scatter(
+        rows,
+        "epoch_time_s",
+        out_dir / "dice_vs_epoch_time.png",
+        "epoch time (s, median over epochs)",
+        front=pareto_front(rows),
+    )
+    plots["dice_vs_epoch_time"] = out_dir / "dice_vs_epoch_time.png"
+    if all(r.params is not None for r in rows):
+        plot_scatter(rows, "params", out_dir / "dice_vs_params.png", "parameters")
+        plots["dice_vs_params"] = out_dir / "dice_vs_params.png"
+    plot_curves(records, order, out_dir / "training_curves.png")
+    plots["training_curves"] = out_dir / "training_curves.png"
+    if plot_erf(records, order, out_dir / "erf.png"):
+        plots["erf"] = out_dir / "erf.png"
+
+    text = _markdown(experiment, parent, records, rows, plots, markdown)
+    markdown.write_text(text)
+    if log_to_parent:
+        from lk_segment.tracking import client as mlflow_client
+
+        client = mlflow_client()
+        for path in [out_dir / "results.csv", markdown, *plots.values()]:
+            client.log_artifact(parent.info.run_id, str(path), "report")
+    return {
+        "parent_run_id": parent.info.run_id,
+        "rows": rows,
+        "csv": out_dir / "results.csv",
+        "markdown": markdown,
+        "plots": plots,
+        "conclusions": conclusions(rows),
+    }
+
+
+def _markdown(
+    experiment: str, parent, records: list[RunRecord], rows: list[VariantRow], plots: dict, markdown: Path
+) -> str:
+    header, cells = table_rows(rows)
+    first = records[0].params
+    size = f"{first.get('data.train_height', '?')}×{first.get('data.train_width', '?')}"
+    mem = sorted({r.mem_kind for r in records})
+    lines = [
+        f"# Kernel variants side by side: experiment `{experiment}`",
+        "",
+        f"Generated by `lk-segment report {experiment}` from MLflow alone (comparison run `{parent.info.run_id}`, "
+        f"{len(records)} finished trainings). Regenerate the sweep and this report with:",
+        "",
+        "```bash",
+        regenerate_command(parent, experiment),
+        "```",
+        "",
+        f"Every run: training size {size} (height × width), epochs {first.get('trainer.max_epochs', '?')}, batch "
+        f"{first.get('data.batch_size', '?')}, model width {first.get('model.width', '?')}, depth "
+        f"{first.get('model.depth', '?')}, split seed {first.get('data.split_seed', '?')}, precision "
+        f"{first.get('trainer.precision', '?')}.",
+        "",
+        "## Results",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
+        *["| " + " | ".join(c) + " |" for c in cells],
+        "",
+        "Mean ± standard deviation over seeds. best val/dice: the best epoch's Dice over the validation set; "
+        "epoch time and images/s: median over epochs of the training batches' wall time (validation excluded); "
+        f"peak memory: {' / '.join(mem)} peak; params, GFLOPs (one forward pass at the training size), RF "
+        "(theoretical receptive field) as logged by the training; ERF: side of the centred square holding 50% / "
+        "99% of the effective receptive field measured on validation images. n/a: not logged by these runs.",
+        "",
+        "## Conclusions",
+        "",
+        conclusions(rows),
+        "",
+        "## Plots",
+        "",
+    ]
+    for name, path in plots.items():
+        rel = os.path.relpath(path, markdown.parent)
+        lines += [f"{PLOTS[name]}:", "", f"![{name}]({rel})", ""]
+    if "erf" not in plots:
+        lines += ["No ERF heat-maps: the runs carry no `erf/erf.npy` artifact.", ""]
+    return "\n".join(lines)
