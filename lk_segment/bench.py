@@ -50,6 +50,7 @@ class BenchConfig:
     variants: list[str] | None = None  # None: every configs/variant file
     overrides: list[str] = field(default_factory=list)  # key=value applied to every variant's config
     height: int = 128  # step and inference size (width from the Carvana aspect): the training default
+    width: int | None = None  # e.g. 1024 with height 1024 for the GPU figures
     batch_size: int = 8
     steps: int = 3  # timed steps per figure (their median counts)
     warmup: int = 1  # untimed steps first (allocations, oneDNN/cuDNN plans, torch.compile)
@@ -426,10 +427,10 @@ def run_bench(bcfg: BenchConfig, log=print) -> dict:
     device = pick_device(bcfg.device)
     started = time.perf_counter()
     variants = bcfg.variants or available_variants()
-    cfgs = {v: load_config(v, [*bcfg.overrides, f"data.height={bcfg.height}"]) for v in variants}
-    base = cfgs.get(bcfg.settings_variant) or load_config(bcfg.settings_variant, [*bcfg.overrides,
-                                                                                  f"data.height={bcfg.height}"])
-    h, w = training_size(bcfg.height, None, 2 ** base.model.depth)
+    size = [f"data.height={bcfg.height}", f"data.width={'null' if bcfg.width is None else bcfg.width}"]
+    cfgs = {v: load_config(v, [*bcfg.overrides, *size]) for v in variants}
+    base = cfgs.get(bcfg.settings_variant) or load_config(bcfg.settings_variant, [*bcfg.overrides, *size])
+    h, w = training_size(bcfg.height, bcfg.width, 2 ** base.model.depth)
     images, masks = random_batch(bcfg.batch_size, h, w)
     results: dict = {"config": asdict(bcfg), "env": environment(device), "size": [h, w]}
     t = base.trainer

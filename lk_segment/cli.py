@@ -108,8 +108,8 @@ def _report(args) -> None:
 def _bench(args) -> None:
     from lk_segment.bench import bench_config_from, run_bench, table, write_results
 
-    options = {k: getattr(args, k) for k in ("variants", "height", "batch_size", "steps", "warmup", "settings",
-                                             "loader_images", "device")}
+    options = {k: getattr(args, k) for k in ("variants", "height", "width", "batch_size", "steps", "warmup",
+                                             "settings", "loader_images", "device")}
     options["overrides"] = args.overrides
     if args.variants:
         from lk_segment.config import available_variants
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench.json", help="JSON file for the results (default bench.json)")
     p.add_argument("--variants", nargs="+", help="default: every variant")
     p.add_argument("--height", type=int, help="step and inference size (default 128: 128x192)")
+    p.add_argument("--width", type=int, help="default: from the Carvana aspect (e.g. --height 1024 --width 1024)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="timed steps per figure (median)")
     p.add_argument("--warmup", type=int)
