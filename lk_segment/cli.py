@@ -21,7 +21,9 @@ def _train(args) -> None:
     from lk_segment.train import train
 
     result = train(load_config(args.variant, args.overrides))
-    print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}; checkpoint {result['best_checkpoint']}")
+    if result["global_rank"] == 0:  # under DDP every process returns here; one line is enough
+        print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}; "
+              f"checkpoint {result['best_checkpoint']}")
 
 
 def _predict(args) -> None:

@@ -65,6 +65,7 @@ class TrainerConfig:
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed
     accelerator: str = "auto"
     devices: Any = 1  # int or "auto"; >1 with strategy=ddp
+    num_nodes: int = 1  # machines in a multi-node DDP run (torchrun or SLURM start each one's processes)
     strategy: str = "auto"
     deterministic: bool = False
     log_every_n_steps: int = 10

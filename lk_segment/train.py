@@ -20,6 +20,7 @@ from lk_segment.analysis import count_gflops
 from lk_segment.callbacks import PerfMonitor
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
+from lk_segment.distributed import scale_out_params
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import CHECKPOINT_ARTIFACT_DIR, artifact_location, tracking_uri
 
@@ -47,6 +48,13 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         tags={"variant": cfg.variant, "block": cfg.model.block, "kernel_size": str(cfg.model.kernel_size),
               "seed": str(cfg.seed), **(tags or {})},
     )
+    checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor="val/dice", mode="max",
+                                 save_last=True, auto_insert_metric_name=False)
+    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, PerfMonitor(), *callbacks], logger=logger,
+                            default_root_dir=cfg.checkpoint_dir)
+    # Building the Trainer set this process's global rank (from torchrun's, SLURM's or Lightning's
+    # own launcher's environment), so only now is the run created, by global rank 0 alone: on the
+    # other ranks the logger writes nothing and the checkpoint folder is rank 0's, sent at fit.
     run_id = logger.run_id
     height, width = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
     params = flatten(config)
@@ -55,34 +63,43 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
                    # per image at the training size; the side of the square one output pixel can see
                    "model/gflops": float(f"{count_gflops(system.model, (height, width)):.4g}"),
                    "model/receptive_field_px": system.model.receptive_field_px()})
+    params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
     logger.log_hyperparams(params)
     _log_config_artifact(logger, cfg)
 
-    ckpt_dir = Path(cfg.checkpoint_dir) / run_id
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}", monitor="val/dice", mode="max",
-                                 save_last=True, auto_insert_metric_name=False)
-    t = cfg.trainer
-    trainer = L.Trainer(
-        max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
-        strategy=t.strategy, deterministic=t.deterministic, log_every_n_steps=t.log_every_n_steps,
-        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
-        enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
-        callbacks=[checkpoint, PerfMonitor(), *callbacks], logger=logger, default_root_dir=str(ckpt_dir),
-        enable_model_summary=t.enable_progress_bar,
-    )
+    if trainer.is_global_zero:
+        checkpoint.dirpath = os.path.realpath(Path(cfg.checkpoint_dir) / run_id)
     trainer.fit(system, datamodule=datamodule)
 
+    run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
+    ckpt_dir = Path(checkpoint.dirpath)
     if trainer.is_global_zero:
         for path in sorted(ckpt_dir.glob("*.ckpt")):
             logger.experiment.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {
         "run_id": run_id,
+        "global_rank": trainer.global_rank,  # the command line prints from rank 0 only
         "best_checkpoint": checkpoint.best_model_path,
         "last_checkpoint": checkpoint.last_model_path,
         "best_dice": system.best_dice,
         "metrics": metrics,
     }
+
+
+def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
+    """The Lightning Trainer for the ``trainer`` section; ``kwargs``: callbacks, logger, plugins, ...
+
+    Building it reads the launcher's environment and fixes this process's global rank, node rank
+    and world size: a second node's processes learn here that they are not rank 0.
+    """
+    return L.Trainer(
+        max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, deterministic=t.deterministic,
+        log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
+        enable_model_summary=t.enable_progress_bar, **kwargs,
+    )
 
 
 def _log_config_artifact(logger: MLFlowLogger, cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,8 @@ class DecodedCache:
         from tqdm.auto import tqdm
 
         h, w = self.size
-        tmp = self.dir.with_name(self.dir.name + f".tmp{os.getpid()}")
+        # per host and process: nodes of a multi-node run may share the folder (and container pids)
+        tmp = self.dir.with_name(self.dir.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         n = len(self.samples)
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w, 3))

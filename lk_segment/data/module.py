@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from lk_segment.config import DataConfig, training_size
 from lk_segment.data.carvana import MEAN, STD, DecodedCache, list_samples, split_by_car
 from lk_segment.data.synthetic import generate
+from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it checks for updates over the network
@@ -26,11 +28,13 @@ def default_root(cars: int) -> Path:
     """The embedded dataset, generated once (atomically) the first time it is asked for."""
     root = SYNTHETIC_ROOT
     if not (root / "SYNTHETIC").exists():
-        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        tmp = root.with_name(root.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
         generate(tmp, cars=cars)
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
+        if (root / "SYNTHETIC").exists():  # another node sharing the folder finished first: keep its copy
+            shutil.rmtree(tmp)
+        else:
+            shutil.rmtree(root, ignore_errors=True)  # an unfinished copy
+            tmp.rename(root)
     return root
 
 
@@ -108,7 +112,9 @@ class CarvanaDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle,
+        # validation under DDP: each rank its own images, none repeated to pad (see distributed.py)
+        sampler = None if shuffle else validation_sampler(dataset)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
