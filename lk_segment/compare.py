@@ -273,7 +273,8 @@ def _run_all(
                 env = dict(os.environ)
                 if workers > 1:
                     env["CUDA_VISIBLE_DEVICES"] = str(device)
-                print(f"[compare] {label}: starting" + (f" on GPU {device}" if workers > 1 else ""), flush=True)
+                where = f" (CUDA_VISIBLE_DEVICES={device})" if workers > 1 else ""
+                print(f"[compare] {label}: starting{where}", flush=True)
                 proc = subprocess.Popen([sys.executable, "-m", "lk_segment.compare", json.dumps(job)], env=env)
                 running.append((proc, pair, device, time.time(), label))
                 epochs_started += int(configs[pair].trainer.max_epochs)

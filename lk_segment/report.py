@@ -27,7 +27,8 @@ PLOTS = {
     "dice_vs_epoch_time": "Best val/dice against epoch time; the Pareto front (nothing both faster and better) joined",
     "dice_vs_params": "Best val/dice against parameter count",
     "training_curves": "Training curves of every run (one colour per variant, one line per seed)",
-    "erf": "Effective receptive fields (gradient of the centre output pixel w.r.t. the input, mean over seeds)",
+    "erf": "Effective receptive fields (|gradient| of the centre output pixel w.r.t. the input, mean over seeds; "
+    "log scale, cropped around the centre)",
 }
 
 
@@ -209,7 +210,8 @@ def conclusions(rows: list[VariantRow]) -> str:
     seeds = min(r.seeds for r in rows)
     rule = (
         "A difference counts as real here only when two means differ by more than the sum of their "
-        f"standard deviations over seeds ({seeds}+ seeds per variant)."
+        f"standard deviations over seeds ({'' if all(r.seeds == seeds for r in rows) else 'at least '}{seeds} seeds "
+        "per variant)."
     )
     if seeds < 2:
         rule = "With one seed per variant the seed-to-seed spread is unknown, so no difference below is established."
@@ -365,24 +367,37 @@ def plot_curves(records: list[RunRecord], order: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_erf(records: list[RunRecord], order: list[str], path: Path) -> bool:
-    """ERF heat-maps side by side (each run's map scaled to max 1, then averaged over seeds)."""
+def plot_erf(records: list[RunRecord], rows: list[VariantRow], path: Path) -> bool:
+    """ERF heat-maps side by side: each run's map scaled to max 1, averaged over seeds, on one log
+    colour scale and cropped to one window around the centre (so the sizes compare at a glance)."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     maps = {}
-    for variant in order:
-        erfs = [r.erf / max(float(r.erf.max()), 1e-12) for r in records if r.variant == variant and r.erf is not None]
+    for row in rows:
+        erfs = [
+            r.erf / max(float(r.erf.max()), 1e-12) for r in records if r.variant == row.variant and r.erf is not None
+        ]
         if erfs and all(e.shape == erfs[0].shape for e in erfs):
-            maps[variant] = np.mean(erfs, axis=0)
+            maps[row.variant] = np.mean(erfs, axis=0)
     if not maps:
         return False
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.8), dpi=90, squeeze=False)
+    widest = max((r.stats["erf_99_px"][0] for r in rows if "erf_99_px" in r.stats), default=64)
+    half = max(16, int(widest * 0.75))  # window side: 1.5 x the widest 99% square
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.4 * len(maps) + 0.8, 2.9), dpi=90, squeeze=False)
+    stats = {r.variant: r.stats for r in rows}
     for ax, (variant, erf) in zip(axes[0], maps.items(), strict=True):
-        ax.imshow(erf, cmap="magma")
-        side = next((r.metrics.get("erf/side_50_px") for r in records if r.variant == variant), None)
-        ax.set_title(variant + (f"\n50% in {side:.0f} px" if side is not None else ""), fontsize=9)
+        h, w = erf.shape
+        crop = erf[max(0, h // 2 - half) : h // 2 + half + 1, max(0, w // 2 - half) : w // 2 + half + 1]
+        image = ax.imshow(np.maximum(crop, 1e-4), cmap="magma", norm=LogNorm(vmin=1e-4, vmax=1.0))
+        sides = [
+            f"{pct}%: {stats[variant][f'erf_{pct}_px'][0]:.0f} px"
+            for pct in (50, 99)
+            if f"erf_{pct}_px" in stats[variant]
+        ]
+        ax.set_title(variant + ("\n" + ", ".join(sides) if sides else ""), fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="|gradient| / max")
     fig.savefig(path)
     plt.close(fig)
     return True
@@ -434,7 +449,7 @@ def write_report(
         plots["dice_vs_params"] = out_dir / "dice_vs_params.png"
     plot_curves(records, order, out_dir / "training_curves.png")
     plots["training_curves"] = out_dir / "training_curves.png"
-    if plot_erf(records, order, out_dir / "erf.png"):
+    if plot_erf(records, rows, out_dir / "erf.png"):
         plots["erf"] = out_dir / "erf.png"
 
     text = _markdown(experiment, parent, records, rows, plots, markdown)

@@ -62,7 +62,8 @@ requires_carvana = pytest.mark.skipif(
 def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     """A finished comparison (3x3 and 1x5, 2 seeds, 1 epoch each) in its own folder and store.
 
-    Shared by tests/test_compare.py and tests/test_browser.py: four trainings, run once.
+    Shared by tests/test_compare.py and tests/test_browser.py: four trainings, run once, two
+    at a time (the one-training-per-GPU scheduler, here on CPU).
     """
     from lk_segment.compare import compare
 
@@ -73,5 +74,5 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         overrides = [o for o in tiny_overrides(tiny_root) if not o.startswith("experiment=")]
-        result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report")
+        result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report", workers=2)
     return {"work": work, "uri": uri, "experiment": "tiny_compare", "overrides": overrides, **result}
