@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from lk_segment.analysis import count_gflops
@@ -21,6 +22,7 @@ from lk_segment.callbacks import PerfMonitor
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
 from lk_segment.distributed import scale_out_params
+from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import CHECKPOINT_ARTIFACT_DIR, artifact_location, tracking_uri
 
@@ -93,13 +95,17 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
     Building it reads the launcher's environment and fixes this process's global rank, node rank
     and world size: a second node's processes learn here that they are not rank 0.
     """
-    return L.Trainer(
-        max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=t.strategy, deterministic=t.deterministic,
-        log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
-        enable_model_summary=t.enable_progress_bar, **kwargs,
-    )
+    try:
+        return L.Trainer(
+            max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
+            num_nodes=t.num_nodes, strategy=t.strategy, deterministic=t.deterministic,
+            log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
+            enable_model_summary=t.enable_progress_bar, **kwargs,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as exc:  # e.g. strategy=dpp, accelerator=gpu on a CPU
+        first = str(exc).splitlines()[0]
+        raise UserError(f"trainer.accelerator/devices/num_nodes/strategy/precision: {first}") from exc
 
 
 def _log_config_artifact(logger: MLFlowLogger, cfg: DictConfig) -> None:

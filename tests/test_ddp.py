@@ -18,6 +18,7 @@ from torch.utils.data import DistributedSampler
 from lk_segment.config import load_config
 from lk_segment.data.module import CarvanaDataModule
 from lk_segment.distributed import UnpaddedDistributedSampler, scale_out_params, validation_sampler
+from lk_segment.errors import UserError
 from lk_segment.predict import load_system
 from lk_segment.tracking import tracking_uri
 from lk_segment.train import build_trainer
@@ -82,6 +83,14 @@ def test_second_node_environment_is_picked_up_and_creates_no_run(launcher, workd
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []  # ... none here
     params = scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size)
     assert params["train/global_batch_size"] == 8 * 2 * 2 and params["train/lr_scaling"] == "none"
+
+
+@pytest.mark.parametrize("override,culprit", [("trainer.strategy=dpp", "strategy='dpp'"),
+                                              ("trainer.devices=0", "devices=0")])
+def test_bad_trainer_settings_are_a_user_error(override, culprit):
+    cfg = load_config("5x5", ["trainer.accelerator=cpu", override])
+    with pytest.raises(UserError, match=culprit):
+        build_trainer(cfg.trainer, logger=False)
 
 
 def _pixel_counts(system, dataset, batch_size: int) -> torch.Tensor:
