@@ -78,7 +78,7 @@ def test_conclusions_separate_real_differences_from_seed_noise():
     assert "Highest best val/dice: 3x3" in text
     assert "Below it by more than the spread: 5x5 (-0.1000)" in text
     assert "Within the spread of it (not distinguishable at this budget): 1x5" in text
-    assert "Epoch time slower than 3x3: 5x5 x1.95" in text and "as fast as (within the spread) 3x3: 1x5" in text
+    assert "Epoch time against 3x3's, slower by more than the spread: 5x5 x1.95; within the spread: 1x5 x1.00." in text
     assert "The effective receptive field was not measured" in text
 
 
