@@ -10,6 +10,7 @@ ARGS ?=
 PORT ?= 5000
 HOST ?= 127.0.0.1
 RUN ?=
+RESUME ?=
 CKPT ?=
 INPUT ?=
 OUT ?= predictions
@@ -39,8 +40,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project (done on first use by every target)
 
-train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..."
-	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS)
+train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..." (RESUME=<run id>|last after a crash)
+	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS) $(if $(RESUME),resume=$(RESUME))
 
 .PHONY: compare report
 compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the report: make compare VARIANTS="3x3 5x5" SEEDS=3 ARGS="..."

@@ -50,6 +50,9 @@ class DataConfig:
     augment_on: str = "cpu"
     synthetic_cars: int = 32  # size of the embedded dataset (x 16 views)
     limit_images: Optional[int] = None  # use only the first N images (quick experiments)
+    # an unreadable image, a mask missing or of another size, a non-image file in train/:
+    # error stops before training; skip leaves it out, reports it and logs data/skipped_files
+    on_bad_file: str = "error"
 
 
 @dataclass
@@ -76,13 +79,15 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the U-Net (minutes of compiling before the first step)
 
 
-
 @dataclass
 class Config:
     variant: str = "3x3"  # the configs/variant file that was merged (also the run's name)
     seed: int = 0
     experiment: str = "lk_segment"  # MLflow experiment
     checkpoint_dir: str = "checkpoints"
+    # a run id (or "last": the latest run of this variant) to continue from its last.ckpt,
+    # in the same MLflow run, after a crash or a kill
+    resume: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -120,7 +125,7 @@ def _describe(exc: OmegaConfBaseException) -> str:
     if "not in struct" in first or "Key '" in first and "not in" in first:
         return f"unknown config key {key!r}: check its spelling (lk-segment config prints every key)"
     if key:
-        return f"bad value for config key {key!r}: {first}"
+        return f"bad value for config key {key!r}: {first} (lk-segment config prints every key with its default)"
     return f"bad config: {first}"
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lk_segment.checkpointing import describe_load_error
 from lk_segment.config import training_size
 from lk_segment.data.carvana import IMAGE_SUFFIXES, MEAN, STD
 from lk_segment.data.rle import rle_encode
@@ -30,8 +31,8 @@ def load_system(ckpt: str | Path, map_location: str = "cpu") -> SegmentationSyst
         raise UserError(f"checkpoint {str(ckpt)!r} does not exist")
     try:
         system = SegmentationSystem.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, another model's checkpoint, unsafe pickle
-        raise UserError(f"cannot load checkpoint {str(ckpt)!r}: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # corrupt file, another model's checkpoint, unsafe pickle: say which
+        raise UserError(describe_load_error(ckpt, exc)) from exc
     return system.eval()
 
 

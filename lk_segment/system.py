@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
+from lk_segment.errors import UserError
 from lk_segment.unet import UNet
 
 
@@ -89,9 +90,20 @@ class SegmentationSystem(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self._loss(self(images), masks)
+        self._stop_if_not_finite(loss, batch_idx)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
                  sync_dist=True)
         return loss
+
+    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """A NaN or infinite loss stops the run (marked FAILED) before it reaches the weights.
+
+        Every rank takes the same decision (one tiny all-reduce under DDP), so none is left waiting.
+        """
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            raise UserError(f"training loss is {float(loss):g} at step {self.global_step} (epoch {self.current_epoch}, "
+                            f"batch {batch_idx}): training stopped; lower optim.lr or use trainer.precision=32")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch

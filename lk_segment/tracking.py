@@ -7,7 +7,13 @@ The store is ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifa
 from __future__ import annotations
 
 import os
+import re
+import socket
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from lightning.pytorch.loggers import MLFlowLogger
 
 from lk_segment.errors import UserError
 
@@ -20,6 +26,60 @@ def tracking_uri() -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def redact(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://***@host``: URIs may carry credentials."""
+    return re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1***@", str(text))
+
+
+def prepare_store(experiment: str) -> None:
+    """Fail early, in one line, on a store that cannot be reached; make SQLite share well.
+
+    A SQLite store is switched to WAL journalling (persistent in the file: readers such as
+    ``make ui`` no longer block writers) and the experiment is created under a file lock, so
+    two trainings started at once on a fresh store do not race to create it.
+    """
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        import fcntl
+        import sqlite3
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the MLflow store {redact(uri)} ({exc.strerror}): "
+                            "set MLFLOW_TRACKING_URI to a writable place") from exc
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                conn = sqlite3.connect(db, timeout=30)
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                finally:
+                    conn.close()
+                c = client()
+                found = c.get_experiment_by_name(experiment)
+                if found is None:
+                    c.create_experiment(experiment, artifact_location=artifact_location())
+            except sqlite3.DatabaseError as exc:
+                raise UserError(f"MLflow store {redact(uri)} is not a readable SQLite database ({exc}): "
+                                "set MLFLOW_TRACKING_URI to another store") from exc
+
+
+def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+    """A TCP connect with a timeout: MLflow itself retries an unreachable server for minutes."""
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot reach the MLflow tracking server {redact(uri)} ({exc.strerror or exc}): start it "
+                        "(e.g. make ui) or set MLFLOW_TRACKING_URI to a reachable store") from exc
 
 
 def artifact_location() -> str | None:
@@ -35,14 +95,25 @@ def client():
     return MlflowClient(tracking_uri())
 
 
-def get_run(run_id: str):
+def get_run(run_id: str, hint: str = "or pass CKPT=<path to a .ckpt> instead"):
     from mlflow.exceptions import MlflowException
 
     try:
         return client().get_run(run_id)
     except MlflowException as exc:
-        raise UserError(f"no MLflow run with id {run_id!r} in {tracking_uri()}: copy the id from `make ui` "
-                        "or pass CKPT=<path to a .ckpt> instead") from exc
+        raise UserError(f"no MLflow run with id {run_id!r} in {redact(tracking_uri())}: copy the id from "
+                        f"`make ui` {hint}") from exc
+
+
+def last_run_id(experiment: str, variant: str) -> str:
+    """The latest run of ``variant`` in ``experiment``: what ``resume=last`` continues."""
+    found = client().get_experiment_by_name(experiment)
+    runs = [] if found is None else client().search_runs(
+        [found.experiment_id], f"tags.variant = '{variant}'", order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UserError(f"resume=last: no run of variant {variant!r} in experiment {experiment!r} of "
+                        f"{redact(tracking_uri())}: start one without resume, or give its run id")
+    return runs[0].info.run_id
 
 
 def find_checkpoint(run_id: str, which: str = "best") -> Path:
@@ -59,3 +130,14 @@ def find_checkpoint(run_id: str, which: str = "best") -> Path:
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=preferred[-1],
                                                 tracking_uri=tracking_uri())
     return Path(local)
+
+
+class RunLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger, but a run ends KILLED after Ctrl-C (FAILED after an exception)."""
+
+    def finalize(self, status: str = "success") -> None:
+        # Lightning calls finalize("failed") from inside its exception handler: the exception
+        # being handled tells an interrupt from a crash.
+        if status == "failed" and isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            status = "KILLED"
+        super().finalize(status)

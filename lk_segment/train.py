@@ -8,23 +8,33 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from lk_segment.analysis import count_gflops
 from lk_segment.callbacks import PerfMonitor
+from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
-from lk_segment.tracking import CHECKPOINT_ARTIFACT_DIR, artifact_location, tracking_uri
+from lk_segment.tracking import (
+    CHECKPOINT_ARTIFACT_DIR,
+    RunLogger,
+    artifact_location,
+    prepare_store,
+    redact,
+    tracking_uri,
+)
 
 
 def count_params(module) -> int:
@@ -42,9 +52,16 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
     system.configure_speed(channels_last=cfg.trainer.channels_last, compile=cfg.trainer.compile)
     datamodule = CarvanaDataModule(cfg.data, size_multiple=system.model.size_multiple,
-                                   progress=cfg.trainer.enable_progress_bar)
+                                   progress=cfg.trainer.enable_progress_bar, seed=cfg.seed)
+    _check_training_size(cfg, system.model.size_multiple)
+    # Bad input stops here, before a run is created or touched: the store, the run to resume, the data.
+    prepare_store(cfg.experiment)
+    resume_run_id, resume_ckpt = resume_point(cfg) if cfg.resume else (None, None)
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()
 
-    logger = MLFlowLogger(
+    logger = RunLogger(
+        run_id=resume_run_id,  # resume: the same run goes on (its tags and params stay as they were)
         experiment_name=cfg.experiment, run_name=cfg.variant, tracking_uri=tracking_uri(),
         artifact_location=artifact_location(),
         tags={"variant": cfg.variant, "block": cfg.model.block, "kernel_size": str(cfg.model.kernel_size),
@@ -53,7 +70,8 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor="val/dice", mode="max",
                                  save_last=True, auto_insert_metric_name=False)
     trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, PerfMonitor(), *callbacks], logger=logger,
-                            default_root_dir=cfg.checkpoint_dir)
+                            default_root_dir=cfg.checkpoint_dir,
+                            plugins=[AtomicCheckpointIO()])  # a kill during a save never truncates last.ckpt
     # Building the Trainer set this process's global rank (from torchrun's, SLURM's or Lightning's
     # own launcher's environment), so only now is the run created, by global rank 0 alone: on the
     # other ranks the logger writes nothing and the checkpoint folder is rank 0's, sent at fit.
@@ -65,13 +83,23 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
                    # per image at the training size; the side of the square one output pixel can see
                    "model/gflops": float(f"{count_gflops(system.model, (height, width)):.4g}"),
                    "model/receptive_field_px": system.model.receptive_field_px()})
+    params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}  # no credentials
+    params["data/skipped_files"] = len(datamodule.skipped)
     params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
-    logger.log_hyperparams(params)
-    _log_config_artifact(logger, cfg)
+    try:
+        if resume_run_id is None:
+            logger.log_hyperparams(params)
+            _log_config_artifact(logger, cfg)
+        else:
+            logger.experiment.update_run(run_id, status="RUNNING")
+        _report_skipped(logger, datamodule.skipped)
+    except BaseException:
+        logger.finalize("failed")
+        raise
 
     if trainer.is_global_zero:
         checkpoint.dirpath = os.path.realpath(Path(cfg.checkpoint_dir) / run_id)
-    trainer.fit(system, datamodule=datamodule)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
     ckpt_dir = Path(checkpoint.dirpath)
@@ -112,4 +140,26 @@ def _log_config_artifact(logger: MLFlowLogger, cfg: DictConfig) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "config.yaml")
         OmegaConf.save(cfg, path, resolve=True)
+        logger.experiment.log_artifact(logger.run_id, path)
+
+
+def _check_training_size(cfg: DictConfig, size_multiple: int) -> None:
+    """Each side must hold at least one pixel at the U-Net's deepest level (2**depth at the input)."""
+    height, width = training_size(cfg.data.height, cfg.data.width, size_multiple)
+    if min(height, width) < size_multiple:
+        raise UserError(f"training size {height}x{width} is too small for model.depth={cfg.model.depth}: each "
+                        f"side must be at least {size_multiple} (2**depth); raise data.height/data.width or lower "
+                        "model.depth")
+
+
+def _report_skipped(logger: MLFlowLogger, skipped: list) -> None:
+    """data.on_bad_file=skip: say which files were left out (stderr and a run artifact)."""
+    if not skipped or rank_zero_only.rank != 0:
+        return
+    lines = [f"{b.path}: {b.reason}" for b in skipped]
+    print(f"lk-segment: skipped {len(skipped)} bad file(s) (data.on_bad_file=skip):\n  " + "\n  ".join(lines),
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "skipped_files.txt")
+        Path(path).write_text("\n".join(lines) + "\n")
         logger.experiment.log_artifact(logger.run_id, path)

@@ -39,23 +39,53 @@ class Sample:
 
 
 def list_samples(root: str | Path) -> list[Sample]:
-    """Every ``train/<car>_<NN>.jpg`` with its ``train_masks/<car>_<NN>_mask.gif``, sorted."""
+    """Every ``train/<car>_<NN>.jpg`` with its ``train_masks/<car>_<NN>_mask.gif``, sorted.
+
+    Strict: the first bad entry (a file that is no .jpg, an image without mask) is a ``UserError``.
+    """
+    samples, bad = find_samples(root)
+    if bad:
+        raise UserError(bad[0].message)
+    return samples
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file training cannot use, and the one-line reason (which says how to fix it)."""
+
+    path: Path
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.reason}; or set data.on_bad_file=skip to leave such files out"
+
+
+def find_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
+    """(usable samples, bad files) of a Kaggle-layout folder; hidden files are ignored."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data root {str(root)!r} does not exist: set data.root to a folder holding train/ and train_masks/")
+        raise UserError(f"data root {str(root)!r} does not exist: set data.root to a folder holding train/ "
+                        "and train_masks/")
     train = root / "train"
     if not train.is_dir():
-        raise UserError(f"data root {str(root)!r} has no train/ folder: data.root must be in the Kaggle layout (train/, train_masks/)")
-    images = sorted(p for p in train.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UserError(f"data root {str(root)!r} has no train/ folder: data.root must be in the Kaggle layout "
+                        "(train/, train_masks/)")
+    files = sorted(p for p in train.iterdir() if not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not images:
-        raise UserError(f"{str(train)!r} holds no .jpg images")
+        raise UserError(f"{str(train)!r} holds no .jpg images: put the Kaggle train/*.jpg photos there "
+                        "(their masks in train_masks/) or point data.root elsewhere")
+    bad = [BadFile(p, f"{str(p)!r} is not a .jpg image: remove it from {train.name}/") for p in files
+           if p not in set(images)]
     samples = []
     for image in images:
         mask = root / "train_masks" / f"{image.stem}_mask.gif"
-        if not mask.exists():
-            raise UserError(f"image {image.name!r} has no mask: expected {str(mask)!r}")
-        samples.append(Sample(image, mask))
-    return samples
+        if mask.is_file():
+            samples.append(Sample(image, mask))
+        else:
+            bad.append(BadFile(image, f"image {image.name!r} has no mask: add {str(mask)!r} or remove the image"))
+    return samples, sorted(bad, key=lambda b: b.path)
 
 
 def split_by_car(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -99,7 +129,8 @@ def _full_size(path: Path) -> tuple[int, int]:
             with Image.open(path) as im:
                 w, h = im.size
         except Exception as exc:
-            raise UserError(f"cannot read image {str(path)!r}: {exc} (remove or replace it)") from exc
+            raise UserError(f"cannot read image {str(path)!r}: it is not a readable JPEG; replace or remove it"
+                            ) from exc
         _SIZE_CACHE[path] = (h, w)
     return _SIZE_CACHE[path]
 
@@ -110,20 +141,31 @@ def read_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         with Image.open(path) as im:
             mask = (np.asarray(im) > 0).astype(np.uint8)
     except Exception as exc:
-        raise UserError(f"cannot read mask {str(path)!r}: {exc} (remove or replace it)") from exc
+        raise UserError(f"cannot read mask {str(path)!r}: it is not a readable GIF; replace or remove it") from exc
     if size is not None and mask.shape != tuple(size):
         h, w = size
         mask = (cv2.resize(mask * 255, (w, h), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
     return mask
 
 
+def _check_complete_jpeg(path: Path) -> None:
+    """A JPEG ends with the EOI marker (FF D9); OpenCV decodes a truncated one silently, grey-filled."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 1024))
+        tail = f.read().rstrip(b"\x00\r\n ")
+    if not tail.endswith(b"\xff\xd9"):
+        raise UserError(f"image {str(path)!r} is a truncated JPEG (no end-of-image marker): replace or remove it")
+
+
 def _load_pair(sample: Sample, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(sample.image, size)
+    _check_complete_jpeg(sample.image)
     full = _full_size(sample.image)
     mask = read_mask(sample.mask)
     if mask.shape != full:
-        raise UserError(f"mask {sample.mask.name!r} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                        f"{full[1]}x{full[0]}: masks must match their images")
+        raise UserError(f"mask {str(sample.mask)!r} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                        f"{full[1]}x{full[0]}: replace the mask with one of its image's size")
     h, w = size
     mask = (cv2.resize(mask * 255, (w, h), interpolation=cv2.INTER_AREA) > 127).astype(np.uint8)
     return image, mask
@@ -150,10 +192,24 @@ class DecodedCache:
     def ready(self) -> bool:
         return (self.dir / "done").exists()
 
-    def build(self, progress: bool = True, threads: int | None = None) -> None:
-        """Decode every sample once (threads: OpenCV releases the GIL); atomic per cache."""
+    @property
+    def skipped(self) -> list[BadFile]:
+        """Samples that could not be decoded when the cache was built with on_bad_file=skip."""
+        path = self.dir / "skipped.json"
+        if not path.exists():
+            return []
+        return [BadFile(Path(p), reason) for p, reason in json.loads(path.read_text())]
+
+    def build(self, progress: bool = True, threads: int | None = None, on_bad_file: str = "error") -> None:
+        """Decode every sample once (threads: OpenCV releases the GIL); atomic per cache.
+
+        A sample that cannot be decoded stops the build (``on_bad_file="error"``, nothing is left
+        behind) or is zero-filled and listed in ``skipped.json`` (``"skip"``).
+        """
         if self.ready:
             return
+        import shutil
+
         from tqdm.auto import tqdm
 
         h, w = self.size
@@ -161,24 +217,41 @@ class DecodedCache:
         tmp = self.dir.with_name(self.dir.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         n = len(self.samples)
-        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w, 3))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, h, w))
-        threads = threads or min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(threads) as pool:
-            pairs = pool.map(lambda s: _load_pair(s, self.size), self.samples)
-            for i, (image, mask) in enumerate(tqdm(pairs, total=n, desc=f"caching {n} images at {h}x{w}",
-                                                    disable=not progress, unit="img")):
-                images[i], masks[i] = image, mask
-        images.flush(), masks.flush()
-        del images, masks
+        skipped: list[tuple[str, str]] = []
+
+        def load(sample: Sample):
+            try:
+                return _load_pair(sample, self.size)
+            except UserError as exc:
+                if on_bad_file != "skip":
+                    raise
+                return exc
+
+        try:
+            images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (n, h, w, 3))
+            masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (n, h, w))
+            threads = threads or min(4, os.cpu_count() or 1)
+            with ThreadPoolExecutor(threads) as pool:
+                pairs = pool.map(load, self.samples)
+                for i, pair in enumerate(tqdm(pairs, total=n, desc=f"caching {n} images at {h}x{w}",
+                                              disable=not progress, unit="img")):
+                    if isinstance(pair, UserError):
+                        skipped.append((str(self.samples[i].image), str(pair)))
+                    else:
+                        images[i], masks[i] = pair
+            images.flush(), masks.flush()
+            del images, masks
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed build leaves nothing behind
+            raise
         (tmp / "index.json").write_text(json.dumps([s.image.name for s in self.samples]))
+        if skipped:
+            (tmp / "skipped.json").write_text(json.dumps(skipped))
         (tmp / "done").write_text("ok\n")
         DecodedCache.decode_count += n
         try:
             tmp.rename(self.dir)
         except OSError:  # another process finished the same cache first: keep theirs
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:

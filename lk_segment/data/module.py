@@ -10,10 +10,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lk_segment.config import DataConfig, training_size
-from lk_segment.data.carvana import MEAN, STD, DecodedCache, list_samples, split_by_car
+from lk_segment.data.carvana import MEAN, STD, BadFile, DecodedCache, find_samples, split_by_car
 from lk_segment.data.synthetic import generate
 from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
@@ -69,9 +69,31 @@ class CarvanaDataset(Dataset):
         return to_tensor(image), torch.from_numpy(mask[None].astype(np.float32))  # (1, H, W)
 
 
+class EpochShuffleSampler(RandomSampler):
+    """A shuffle drawn from (seed, epoch) alone, not from the global RNG's history, so a run
+    resumed at epoch k sees the order an uninterrupted run saw. Lightning calls ``set_epoch``
+    before each epoch (under DDP it swaps this for a DistributedSampler, seeded the same way).
+    """
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
 class CarvanaDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, size_multiple: int = 32, progress: bool = True):
+    def __init__(self, cfg: DataConfig, size_multiple: int = 32, progress: bool = True, seed: int = 0):
         super().__init__()
+        if cfg.on_bad_file not in ("error", "skip"):
+            raise UserError(f"data.on_bad_file={cfg.on_bad_file!r}: choose error or skip")
+        self.seed = seed  # of the per-epoch shuffle
+        self.skipped: list[BadFile] = []  # bad files left out (data.on_bad_file=skip)
         if cfg.augment_on not in ("cpu", "gpu"):
             raise UserError(f"data.augment_on={cfg.augment_on!r}: choose cpu (in the loader) or gpu (on the device)")
         self.cfg = cfg
@@ -85,24 +107,41 @@ class CarvanaDataModule(L.LightningDataModule):
         return Path(self.cfg.root) if self.cfg.root is not None else SYNTHETIC_ROOT
 
     def _samples(self):
-        samples = list_samples(self.root)
+        samples, bad = find_samples(self.root)
+        if bad and self.cfg.on_bad_file == "error":
+            raise UserError(bad[0].message)
+        self.skipped = bad
         return samples[: self.cfg.limit_images] if self.cfg.limit_images else samples
+
+    def _cache(self, samples) -> DecodedCache:
+        """The decoded cache, built if needed; its undecodable samples join ``self.skipped``."""
+        cache = DecodedCache(samples, self.size, self.cfg.cache_dir)
+        try:
+            cache.build(progress=self.progress, on_bad_file=self.cfg.on_bad_file)
+        except UserError as exc:
+            raise UserError(f"{exc}; or set data.on_bad_file=skip to leave such files out") from exc
+        undecodable = cache.skipped
+        if undecodable and self.cfg.on_bad_file == "error":  # a cache built earlier with skip
+            raise UserError(undecodable[0].message)
+        self.skipped = sorted(self.skipped + undecodable, key=lambda b: b.path)
+        return cache
 
     def prepare_data(self) -> None:
         """Once per machine (rank 0): generate the embedded data if needed, build the cache."""
         if self.cfg.root is None:
             default_root(self.cfg.synthetic_cars)
-        DecodedCache(self._samples(), self.size, self.cfg.cache_dir).build(progress=self.progress)
+        self._cache(self._samples())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         samples = self._samples()
-        cache = DecodedCache(samples, self.size, self.cfg.cache_dir)
-        if not cache.ready:  # setup() without prepare_data(), e.g. in a notebook
-            cache.build(progress=self.progress)
+        cache = self._cache(samples)  # built already by prepare_data() unless, e.g., in a notebook
         images, masks = cache.load()
         train, val = split_by_car(samples, self.cfg.val_fraction, self.cfg.split_seed)
+        unusable = {b.path for b in cache.skipped}
+        train = [s for s in train if s.image not in unusable]  # filtered after the split: it stays put
+        val = [s for s in val if s.image not in unusable]
         index = {s: i for i, s in enumerate(samples)}
         self.train_cars = sorted({s.car for s in train})
         self.val_cars = sorted({s.car for s in val})
@@ -113,8 +152,8 @@ class CarvanaDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.cfg.num_workers
         # validation under DDP: each rank its own images, none repeated to pad (see distributed.py)
-        sampler = None if shuffle else validation_sampler(dataset)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, sampler=sampler,
+        sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else validation_sampler(dataset)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:

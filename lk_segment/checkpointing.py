@@ -1,0 +1,115 @@
+"""Checkpoints that survive a kill and cannot run code.
+
+A checkpoint is written to a temporary file beside its target, flushed to disk and only then
+renamed over it (``os.replace`` is atomic on POSIX), so a kill during a save leaves the
+previous good ``last.ckpt`` in place, never a truncated one. Checkpoints are pickles: they
+are read only with ``torch.load(weights_only=True)``, which refuses any object that would
+need arbitrary code to rebuild, and the refusal says so in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import OmegaConf
+
+from lk_segment.errors import UserError
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` via a temporary file in the same folder: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not *.ckpt, so that nothing globbing for checkpoints ever picks up a half-written one.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """The checkpoint as a dict, loaded with ``weights_only=True``; a ``UserError`` that says why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist: check the path or the run id")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(describe_load_error(path, exc)) from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict): "
+                        "pass a .ckpt written by `lk-segment train`")
+    return checkpoint
+
+
+def describe_load_error(path: Path, exc: BaseException) -> str:
+    """One line for a checkpoint that could not be loaded: unsafe, corrupt, or another model's."""
+    text = str(exc)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", text)  # torch names the global it would have to import
+    if not unsafe and (isinstance(exc, (EOFError, zipfile.BadZipFile)) or not zipfile.is_zipfile(path)):
+        return (f"checkpoint {str(path)!r} is corrupt or truncated (not a complete torch archive): "
+                "use another checkpoint of the run (best-*.ckpt or last.ckpt) or train again")
+    if unsafe or re.search(r"weights only load failed", text, re.I):
+        what = f" ({unsafe.group(1)})" if unsafe else ""
+        return (f"refusing to load checkpoint {str(path)!r}: it holds an object{what} that only full unpickling "
+                "could rebuild, which can run arbitrary code; lk_segment loads checkpoints with "
+                "torch.load(weights_only=True) only: use a checkpoint written by `lk-segment train`")
+    first = text.splitlines()[0][:160] if text else type(exc).__name__
+    return (f"checkpoint {str(path)!r} is not a checkpoint of this model ({first}): pass a .ckpt written by "
+            "`lk-segment train` with the same model.* config")
+
+
+def resume_point(cfg) -> tuple[str, Path]:
+    """(run id, its last.ckpt) for ``cfg.resume`` (a run id or ``last``), checked before anything is written."""
+    from lk_segment.tracking import get_run, last_run_id
+
+    run_id = last_run_id(cfg.experiment, cfg.variant) if cfg.resume == "last" else cfg.resume
+    get_run(run_id, hint="(resume=<run id> or resume=last)")
+    path = Path(cfg.checkpoint_dir) / run_id / "last.ckpt"
+    if not path.is_file():
+        raise UserError(f"cannot resume run {run_id!r}: no {str(path)!r} (did it finish an epoch on this machine, "
+                        "with the same checkpoint_dir?); start a new run without resume")
+    checkpoint = load_checkpoint(path)
+    trained = (checkpoint.get("hyper_parameters") or {}).get("model")
+    wanted = OmegaConf.to_container(cfg.model, resolve=True)
+    if trained != wanted:
+        diff = sorted(k for k in set(trained or {}) | set(wanted) if (trained or {}).get(k) != wanted.get(k))
+        raise UserError(f"cannot resume run {run_id!r}: its checkpoint was trained with another model "
+                        f"(differs in {', '.join('model.' + k for k in diff)}); resume with the run's own config "
+                        "(its config.yaml artifact)")
+    return run_id, path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with atomic writes and safe (``weights_only``) reads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage, weights_only: bool | None = None):
+        return load_checkpoint(path, map_location=map_location)
