@@ -68,8 +68,11 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
               "seed": str(cfg.seed), **(tags or {})},
     )
     checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor="val/dice", mode="max",
-                                 save_last=True, auto_insert_metric_name=False)
-    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, PerfMonitor(), *callbacks], logger=logger,
+                                 auto_insert_metric_name=False)
+    # Every epoch's state as last.ckpt, what resume= starts from (Lightning's save_last=True
+    # refreshes it only in the epochs that also write a best-*.ckpt).
+    last = ModelCheckpoint(filename="last", save_top_k=1)  # no monitor: keeps the latest
+    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), *callbacks], logger=logger,
                             default_root_dir=cfg.checkpoint_dir,
                             plugins=[AtomicCheckpointIO()])  # a kill during a save never truncates last.ckpt
     # Building the Trainer set this process's global rank (from torchrun's, SLURM's or Lightning's
@@ -98,7 +101,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         raise
 
     if trainer.is_global_zero:
-        checkpoint.dirpath = os.path.realpath(Path(cfg.checkpoint_dir) / run_id)
+        checkpoint.dirpath = last.dirpath = os.path.realpath(Path(cfg.checkpoint_dir) / run_id)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
@@ -111,7 +114,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         "run_id": run_id,
         "global_rank": trainer.global_rank,  # the command line prints from rank 0 only
         "best_checkpoint": checkpoint.best_model_path,
-        "last_checkpoint": checkpoint.last_model_path,
+        "last_checkpoint": last.best_model_path,  # the latest, for a callback without monitor
         "best_dice": system.best_dice,
         "metrics": metrics,
     }

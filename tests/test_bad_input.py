@@ -29,7 +29,7 @@ SECRETS = {"MLFLOW_TRACKING_PASSWORD": "hunter2-pw", "AWS_SECRET_ACCESS_KEY": "a
 
 
 def _overrides(root, *extra: str) -> list[str]:
-    return tiny_overrides(root, "model.width=4", "model.depth=2", *extra)
+    return tiny_overrides(root, "model.width=4", "model.depth=2", "data.limit_images=32", "data.batch_size=4", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +184,15 @@ def test_debug_shows_the_traceback(workdir):
 def test_skip_leaves_bad_files_out_reports_them_and_logs_the_count(tiny_root, workdir, tmp_path, capsys):
     def damage(root: Path) -> None:
         _write(root / IMG, b"not a jpeg")
-        _truncate(root / "train/synth0002_05.jpg")
-        (root / "train_masks/synth0003_07_mask.gif").unlink()
+        _truncate(root / "train/synth0001_05.jpg")
+        (root / "train_masks/synth0000_07_mask.gif").unlink()
         _write(root / "train/notes.txt", b"hello")
 
     root = _damaged(tiny_root, tmp_path, damage)
     result = train(load_config("3x3", _overrides(root, "data.on_bad_file=skip")))
     err = capsys.readouterr().err
     assert "skipped 4 bad file(s)" in err
-    for name in ["synth0001_03.jpg", "synth0002_05.jpg", "synth0003_07.jpg", "notes.txt"]:
+    for name in ["synth0001_03.jpg", "synth0001_05.jpg", "synth0000_07.jpg", "notes.txt"]:
         assert name in err
     client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
     run = client.get_run(result["run_id"])

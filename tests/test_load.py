@@ -56,7 +56,8 @@ def test_two_trainings_at_once_on_one_store_while_the_ui_serves_it(tiny_root, wo
             assert time.monotonic() < deadline, "mlflow ui did not answer"
             time.sleep(0.5)
 
-        overrides = tiny_overrides(tiny_root, "model.depth=2", "trainer.max_epochs=2")
+        overrides = tiny_overrides(tiny_root, "model.depth=2", "data.limit_images=32", "data.batch_size=4",
+                                   "trainer.max_epochs=2")
         trainings = [subprocess.Popen([sys.executable, "-m", "lk_segment", "train", "-v", "3x3", *overrides,
                                        f"seed={seed}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True) for seed in (1, 2)]
