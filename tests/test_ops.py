@@ -59,3 +59,18 @@ def test_bad_arguments_are_refused():
         DepthwiseConv2d(4, 6)
     with pytest.raises(ValueError, match="depthwise"):
         fft_depthwise_conv2d(torch.randn(1, 4, 8, 8), torch.randn(4, 2, 3, 3))
+
+
+def test_replk_dw_impl_option_keeps_the_function_fused_or_not():
+    from lk_segment.blocks import create_block
+
+    torch.manual_seed(0)
+    native = create_block("replk", 4, 6, kernel_size=9, small_kernel=3, dw_impl="native").eval()
+    fft = create_block("replk", 4, 6, kernel_size=9, small_kernel=3, dw_impl="fft").eval()
+    fft.load_state_dict(native.state_dict())  # the option changes no parameter
+    x = torch.randn(2, 4, 20, 28)
+    with torch.no_grad():
+        want = native(x)
+        assert rel_err(fft(x), want) < 1e-5
+        assert rel_err(fft.reparameterize()(x), want) < 1e-5  # the fused conv keeps the FFT path
+    assert isinstance(fft.large_kernel, DepthwiseConv2d) and fft.large_kernel.impl == "fft"
