@@ -26,7 +26,9 @@ from tests.conftest import tiny_overrides
 
 # 47 of the 64 tiny images: cars 0 and 1 train (32 images, 16 per rank), car 2 less one view
 # validates: 15 images, an odd count, which Lightning's padded sampler would round up to 16.
-DDP_OVERRIDES = ["data.limit_images=47", "data.batch_size=4", "model.width=8", "trainer.max_epochs=2"]
+# float32, so that the plain single-process evaluation below computes the very same logits.
+DDP_OVERRIDES = ["data.limit_images=47", "data.batch_size=4", "model.width=8", "trainer.max_epochs=2",
+                 "trainer.precision=32", "trainer.channels_last=false"]
 
 
 @pytest.mark.parametrize("n,world_size", [(15, 2), (16, 2), (7, 3), (2, 2)])
