@@ -50,7 +50,7 @@ class SegmentationSystem(L.LightningModule):
 
     def __init__(self, model: dict, optim: dict, data: dict | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # train() logs the whole resolved config itself
         self.model = build_model(model)
         # Dice over all validation pixels = F1 of the pixel classifier (2TP / (2TP + FP + FN)).
         self.val_dice = BinaryF1Score(threshold=0.5)

@@ -48,6 +48,7 @@ def test_fit_writes_an_mlflow_run_with_every_metric(trained):
     assert "perf/gpu_peak_mem_mb" not in run.data.metrics  # logged only where CUDA is present
     assert int(run.data.params["model/params"]) > 0
     assert run.data.params["model.block"] == "5x5" and run.data.params["trainer.max_epochs"] == "2"
+    assert "model/block" not in run.data.params  # the config is logged once, under dotted keys
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "checkpoints"} <= artifacts
     ckpts = {a.path for a in client.list_artifacts(result["run_id"], "checkpoints")}
