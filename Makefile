@@ -23,7 +23,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants bench clean readme-variants erf
+.PHONY: help install train predict ui test lint variants readme-variants erf bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
