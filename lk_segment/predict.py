@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lk_segment.checkpointing import describe_load_error
+from lk_segment.checkpointing import atomic_torch_save, describe_load_error, load_checkpoint
 from lk_segment.config import training_size
 from lk_segment.data.carvana import IMAGE_SUFFIXES, MEAN, STD
 from lk_segment.data.rle import rle_encode
@@ -26,27 +26,31 @@ from lk_segment.system import SegmentationSystem
 
 
 def load_system(ckpt: str | Path, map_location: str = "cpu") -> SegmentationSystem:
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise UserError(f"checkpoint {str(ckpt)!r} does not exist")
+    """The trained system in eval mode, rebuilt from the checkpoint's own hyper-parameters."""
+    return system_from_checkpoint(ckpt, load_checkpoint(ckpt, map_location=map_location)).eval()
+
+
+def system_from_checkpoint(path: str | Path, checkpoint: dict) -> SegmentationSystem:
+    """A ``SegmentationSystem`` with the weights of ``checkpoint`` (already loaded from ``path``)."""
     try:
-        system = SegmentationSystem.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt file, another model's checkpoint, unsafe pickle: say which
-        raise UserError(describe_load_error(ckpt, exc)) from exc
-    return system.eval()
+        system = SegmentationSystem(**checkpoint["hyper_parameters"])
+        system.load_state_dict(checkpoint["state_dict"])
+        system.on_load_checkpoint(checkpoint)
+    except Exception as exc:  # missing hyper-parameters, other keys or shapes: another model's file
+        raise UserError(describe_load_error(Path(path), exc)) from exc
+    return system
 
 
 def fuse_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Write ``dst``: the checkpoint ``src`` with its model re-parameterised (``replk``'s
     deploy-time form) and ``model.fused`` set in its hyper-parameters, so it reloads into the
     fused architecture (``load_system``) and predicts the same masks."""
-    system = load_system(src)  # a missing or unreadable file stops here with a UserError
+    checkpoint = load_checkpoint(src)  # a missing or unreadable file stops here with a UserError
+    system = system_from_checkpoint(src, checkpoint).eval()
     system.model.reparameterize()
-    checkpoint = torch.load(src, map_location="cpu", weights_only=True)  # keeps Lightning's own keys
-    checkpoint["state_dict"] = system.state_dict()
+    checkpoint["state_dict"] = system.state_dict()  # Lightning's other keys are kept as they were
     checkpoint["hyper_parameters"]["model"] = {**checkpoint["hyper_parameters"]["model"], "fused": True}
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, dst)
+    atomic_torch_save(checkpoint, dst)
     return Path(dst)
 
 
