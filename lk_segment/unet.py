@@ -82,7 +82,7 @@ class UNet(nn.Module):
         chs = [width * 2**level for level in range(depth + 1)]  # e.g. 16, 32, 64, 128, 256
 
         self.encoder = nn.ModuleList(
-            [create_block(block, c_in, c_out, **opts) for c_in, c_out in zip([in_chs, *chs[:-1]], chs)]
+            [create_block(block, c_in, c_out, **opts) for c_in, c_out in zip([in_chs, *chs[:-1]], chs, strict=True)]
         )
         self.pool = nn.MaxPool2d(2)
         # Decoder levels from the deepest up: chs[i+1] -> chs[i].

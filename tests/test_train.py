@@ -81,7 +81,8 @@ def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
     result, work = trained
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
-    code = main(["predict", "--run", result["run_id"], "--input", str(tiny_root / "train"), "--out", str(tmp_path / "o")])
+    code = main(["predict", "--run", result["run_id"], "--input", str(tiny_root / "train"),
+                 "--out", str(tmp_path / "o")])
     assert code == 0
     assert len(list((tmp_path / "o").glob("*_mask.png"))) == 64
 

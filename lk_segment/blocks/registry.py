@@ -51,7 +51,7 @@ def create_block(name: str, in_chs: int, out_chs: int, **options) -> nn.Module:
 
 def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> tuple[int, int]:
     """Padding that keeps the spatial size at stride 1, per axis: a (1, 5) kernel gets (0, 2)."""
-    return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation))  # type: ignore[return-value]
+    return tuple(d * (k - 1) // 2 for k, d in zip(kernel_size, dilation, strict=True))  # type: ignore[return-value]
 
 
 def conv_bn_act(in_chs: int, out_chs: int, kernel_size: tuple[int, int], *, dilation: int = 1,

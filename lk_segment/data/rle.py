@@ -14,7 +14,7 @@ def rle_encode(mask: np.ndarray) -> str:
     padded = np.concatenate([[False], flat, [False]])
     edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1  # 1-based starts and ends of runs
     starts, ends = edges[::2], edges[1::2]
-    return " ".join(f"{s} {n}" for s, n in zip(starts, ends - starts))
+    return " ".join(f"{s} {n}" for s, n in zip(starts, ends - starts, strict=True))
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -23,6 +23,6 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     values = np.asarray(rle.split(), dtype=np.int64)
     if values.size % 2:
         raise ValueError("an RLE string holds an even count of numbers (start length pairs)")
-    for start, length in zip(values[::2], values[1::2]):
+    for start, length in zip(values[::2], values[1::2], strict=True):
         flat[start - 1 : start - 1 + length] = 1
     return flat.reshape(shape)
