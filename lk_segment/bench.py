@@ -17,6 +17,9 @@ Every claim is a ratio of two figures taken here, in this run, on this machine:
   replk variant fused (``reparameterize()``) against unfused.
 - ``dwconv``: native depthwise K x K against the FFT path (``lk_segment.ops``).
 - ``matmul``: the bf16 matrix-multiply rate, the denominator of the model FLOPs utilisation.
+- ``breakdown``: where each variant's step (fast setting) goes, from ``torch.profiler``:
+  convolutions (forward and backward) against everything else, with the step's FLOPs, so a
+  speed ratio between two variants can be set beside their FLOP ratio.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on GPU and the process RSS (sampled) on
 CPU. Results go to a JSON file, a printed table and the MLflow experiment ``bench``.
@@ -43,6 +46,7 @@ from omegaconf import DictConfig
 from lk_segment.config import available_variants, load_config, to_container, training_size
 
 SETTINGS = ("32", "32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
+PAIRS = (("1x5", "5x5"), ("3x3", "5x5"))  # (variant, against): the ratios the study asks about
 
 
 @dataclass
@@ -239,6 +243,71 @@ def training_flops(cfg: DictConfig, images: torch.Tensor) -> float:
     with counter:
         model(images).float().mean().backward()
     return float(counter.get_total_flops())
+
+
+CONV_OPS = ("aten::convolution", "aten::convolution_backward")  # every conv and transposed conv, fwd and bwd
+
+
+def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, steps: int,
+                   warmup: int, device: torch.device) -> dict:
+    """Milliseconds per training step in convolutions and in everything else, under ``setting``.
+
+    The model in a plain loop (autocast, channels_last as the setting says; BCE + soft Dice;
+    AdamW) under ``torch.profiler``: op time on CPU, kernel time on GPU. "other" is batch
+    norm, activations, pooling, the skip additions, dtype casts, the loss and the optimizer;
+    an FFT depthwise path counts there too, since it is not an ``aten::convolution``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from lk_segment.reference import reference_loss
+    from lk_segment.system import build_model
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if setting["channels_last"] else torch.contiguous_format
+    model = build_model(to_container(cfg)["model"]).to(device, memory_format=fmt).train()
+    x, y = images.to(device, memory_format=fmt), masks.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(setting["precision"])
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        reference_loss(logits.float(), y).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    events = prof.key_averages()
+    if gpu:
+        total = sum(e.self_device_time_total for e in events)
+        conv = sum(e.device_time_total for e in events if e.key in CONV_OPS)
+    else:
+        total = sum(e.self_cpu_time_total for e in events)
+        conv = sum(e.cpu_time_total for e in events if e.key in CONV_OPS)
+    flops = training_flops(cfg, images[:1].to(device)) * len(images)
+    step_ms, conv_ms = total / steps / 1e3, conv / steps / 1e3
+    return {"step_ms": step_ms, "conv_ms": conv_ms, "other_ms": step_ms - conv_ms,
+            "conv_share": conv_ms / step_ms, "step_gflop": flops / 1e9,
+            "conv_tflops": flops / (conv_ms / 1e3) / 1e12 if conv_ms else float("nan"),
+            "setting": setting_name(**setting)}
+
+
+def pair_ratios(breakdown: dict, fast: str, slow: str) -> dict:
+    """``fast`` against ``slow`` (e.g. 1x5 against 5x5): step, FLOP and convolution-time ratios, and the
+    step ratio that equal convolution efficiency would give (the other work as measured)."""
+    a, b = breakdown[fast], breakdown[slow]
+    flop_ratio = a["step_gflop"] / b["step_gflop"]
+    return {"step": a["step_ms"] / b["step_ms"], "flops": flop_ratio, "conv_ms": a["conv_ms"] / b["conv_ms"],
+            "other_ms": a["other_ms"] / b["other_ms"],
+            "step_at_equal_conv_efficiency": (a["other_ms"] + flop_ratio * b["conv_ms"]) / b["step_ms"]}
 
 
 # ----------------------------------------------------------------------------- data loader
@@ -483,6 +552,20 @@ def run_bench(bcfg: BenchConfig, log=print) -> dict:
     log(f"  matmul bf16 {bf16_rate:.3f} TFLOP/s, fp32 {f32_rate:.3f}; {bcfg.settings_variant} MFU "
         f"{100 * achieved / bf16_rate:.1f}% ({best['setting']})")
 
+    breakdown = {}
+    for v, cfg in cfgs.items():
+        breakdown[v] = step_breakdown(cfg, fast, images, masks, bcfg.steps, bcfg.warmup, device)
+        b = breakdown[v]
+        log(f"  breakdown {v}: {b['step_ms']:.1f} ms per step, convolutions {100 * b['conv_share']:.0f}% "
+            f"({b['step_gflop']:.1f} GFLOP at {b['conv_tflops']:.3f} TFLOP/s), other {b['other_ms']:.1f} ms")
+    results["breakdown"] = breakdown
+    results["pairs"] = {}
+    for a, b in [(a, b) for a, b in PAIRS if a in breakdown and b in breakdown]:
+        pair = pair_ratios(breakdown, a, b)
+        for key in ("project_32", "project_fast"):  # the timed steps of the table above, same ratio
+            pair[f"timed_{key}"] = steps[a][key]["step_s"] / steps[b][key]["step_s"]
+        results["pairs"][f"{a}/{b}"] = pair
+
     loader_cfg = load_config(bcfg.settings_variant, [*bcfg.overrides, f"data.height={bcfg.loader_height}"])
     lh, lw = training_size(bcfg.loader_height, None, 2 ** loader_cfg.model.depth)
     limages, lmasks = random_batch(bcfg.batch_size, lh, lw)
@@ -532,6 +615,21 @@ def table(results: dict) -> str:
     for name, r in results["settings"].items():
         lines.append(f"| {name} | {r['images_per_s']:.2f} | {r['ratio_to_reference']:.2f} | "
                      f"{r['first_step_s']:.1f} | {r['peak_mem_mb']:.0f} |")
+    if results.get("breakdown"):
+        lines += ["", f"Where a step goes ({results['fast_setting']}, torch.profiler; GFLOP of forward + backward):",
+                  "",
+                  "| variant | step ms | convolutions ms | other ms | conv share | GFLOP | conv TFLOP/s |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {b['step_ms']:.1f} | {b['conv_ms']:.1f} | {b['other_ms']:.1f} | "
+                  f"{100 * b['conv_share']:.0f}% | {b['step_gflop']:.1f} | {b['conv_tflops']:.3f} |"
+                  for v, b in results["breakdown"].items()]
+    if results.get("pairs"):
+        lines += ["", "| pair | step time ratio, timed fp32 | timed fast | profiled fast | FLOP ratio | "
+                  "conv ms ratio | other ms ratio | profiled, at equal conv efficiency |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['timed_project_32']:.2f} | {r['timed_project_fast']:.2f} | {r['step']:.2f} | "
+                  f"{r['flops']:.2f} | {r['conv_ms']:.2f} | {r['other_ms']:.2f} | "
+                  f"{r['step_at_equal_conv_efficiency']:.2f} |" for k, r in results["pairs"].items()]
     ld = results["loader"]
     lines += ["", f"Loader at {ld['size'][0]}x{ld['size'][1]}, batch {results['config']['batch_size']} "
               f"({ld['train_images']} train images): model consumes {ld['model_images_per_s']:.2f} img/s "

@@ -9,7 +9,19 @@ import math
 import pytest
 import torch
 
-from lk_segment.bench import BenchConfig, bench_fused, parse_setting, pick_fast, run_bench, table, write_results
+from lk_segment.bench import (
+    BenchConfig,
+    bench_fused,
+    pair_ratios,
+    parse_setting,
+    pick_fast,
+    random_batch,
+    run_bench,
+    step_breakdown,
+    table,
+    training_flops,
+    write_results,
+)
 from lk_segment.blocks import list_blocks
 from lk_segment.cli import main
 from lk_segment.config import load_config, to_container
@@ -57,6 +69,7 @@ def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
     numbers = [v for v in positive_numbers(results) if v != results["inference"]["3x3"].get("max_rel_diff")]
     assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers)
     assert "| 3x3 |" in table(results)
+    assert set(results["breakdown"]) == {"3x3"} and "Where a step goes" in table(results)
 
     run_id = write_results(results, workdir / "bench.json")
     assert json.loads((workdir / "bench.json").read_text())["fast_setting"] == results["fast_setting"]
@@ -65,6 +78,25 @@ def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
     run = mlflow.get_run(run_id)
     assert mlflow.get_experiment(run.info.experiment_id).name == "bench"
     assert run.data.metrics["steps/3x3/ratio_32"] == pytest.approx(s["ratio_32"])
+
+
+@pytest.mark.parametrize("setting", ["32", "bf16+cl"])
+def test_step_breakdown_splits_the_step_and_counts_its_flops(tiny_cfg, setting):
+    images, masks = random_batch(2, 64, 96)
+    rows = {}
+    for variant in ("5x5", "1x5"):
+        cfg = tiny_cfg(variant)
+        rows[variant] = b = step_breakdown(cfg, parse_setting(setting), images, masks, 2, 1, torch.device("cpu"))
+        assert b["conv_ms"] > 0 and b["other_ms"] > 0  # a U-Net step always has both
+        assert b["conv_ms"] + b["other_ms"] == pytest.approx(b["step_ms"])
+        assert b["step_gflop"] == pytest.approx(training_flops(cfg, images) / 1e9)  # the whole batch
+        assert b["setting"] == setting
+    # 1x5 + 5x1 does fewer multiply-adds than 5x5 on every block but the 3-channel input one
+    assert rows["1x5"]["step_gflop"] < rows["5x5"]["step_gflop"]
+    pair = pair_ratios(rows, "1x5", "5x5")
+    assert pair["flops"] == pytest.approx(rows["1x5"]["step_gflop"] / rows["5x5"]["step_gflop"])
+    expected = (rows["1x5"]["other_ms"] + pair["flops"] * rows["5x5"]["conv_ms"]) / rows["5x5"]["step_ms"]
+    assert pair["step_at_equal_conv_efficiency"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("block,k", [("3x3", 3), ("5x5", 5), ("1x5", 5)])
