@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -36,9 +36,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    root: Optional[str] = None  # Kaggle layout (train/, train_masks/); None: synthetic data under data/
+    root: str | None = None  # Kaggle layout (train/, train_masks/); None: synthetic data under data/
     height: int = 128  # training size; width follows the 1918:1280 aspect unless given
-    width: Optional[int] = None
+    width: int | None = None
     val_fraction: float = 0.2  # of the cars (never of the images: a car's 16 views stay together)
     split_seed: int = 0  # the split does not move with the training seed
     batch_size: int = 8
@@ -49,7 +49,7 @@ class DataConfig:
     # training device (for a GPU whose CPU workers cannot keep up; see docs/performance.md)
     augment_on: str = "cpu"
     synthetic_cars: int = 32  # size of the embedded dataset (x 16 views)
-    limit_images: Optional[int] = None  # use only the first N images (quick experiments)
+    limit_images: int | None = None  # use only the first N images (quick experiments)
     # an unreadable image, a mask missing or of another size, a non-image file in train/:
     # error stops before training; skip leaves it out, reports it and logs data/skipped_files
     on_bad_file: str = "error"
@@ -72,8 +72,8 @@ class TrainerConfig:
     strategy: str = "auto"
     deterministic: bool = False
     log_every_n_steps: int = 10
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
     enable_progress_bar: bool = True
     channels_last: bool = False  # NHWC model and inputs (see docs/performance.md for when it helps)
     compile: bool = False  # torch.compile the U-Net (minutes of compiling before the first step)
@@ -87,7 +87,7 @@ class Config:
     checkpoint_dir: str = "checkpoints"
     # a run id (or "last": the latest run of this variant) to continue from its last.ckpt,
     # in the same MLflow run, after a crash or a kill
-    resume: Optional[str] = None
+    resume: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
