@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -102,7 +104,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
 
     if trainer.is_global_zero:
         checkpoint.dirpath = last.dirpath = os.path.realpath(Path(cfg.checkpoint_dir) / run_id)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume_ckpt)
+    _fit(trainer, system, datamodule, resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
     ckpt_dir = Path(checkpoint.dirpath)
@@ -118,6 +120,25 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         "best_dice": system.best_dice,
         "metrics": metrics,
     }
+
+
+def _fit(trainer: L.Trainer, system, datamodule, ckpt_path) -> None:
+    """``trainer.fit``, but Ctrl-C surfaces as ``KeyboardInterrupt`` (the command exits 130).
+
+    Lightning catches the interrupt, shuts down gracefully (the run ends KILLED, see
+    ``RunLogger``), sets SIGINT to be ignored and calls ``exit(1)``, which would read as an
+    ordinary failure. The SIGINT handler of before the fit is put back.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as exc:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from exc
+        raise
+    finally:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
 
 
 def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:

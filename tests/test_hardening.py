@@ -145,15 +145,22 @@ def test_an_exception_leaves_the_run_failed(tiny_root, workdir):
     assert run.info.status == "FAILED"
 
 
-def test_ctrl_c_leaves_the_run_killed(tiny_root, workdir):
+def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workdir, monkeypatch, capsys):
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):  # Lightning shuts down gracefully, then exits 1
+        # Lightning shuts down gracefully and calls exit(1); train() turns that back into the interrupt
+        with pytest.raises(KeyboardInterrupt):
             train(load_config("3x3", _overrides(tiny_root)), callbacks=[_CtrlC()])
+        assert signal.getsignal(signal.SIGINT) is handler  # Lightning had set SIGINT to be ignored
+        (run,) = _runs()
+        assert run.info.status == "KILLED"
+
+        # the command line imports lk_segment.train.train when it runs: give it one that gets a Ctrl-C
+        monkeypatch.setattr("lk_segment.train.train", lambda cfg, **kw: train(cfg, callbacks=[_CtrlC()]))
+        assert main(["train", "-v", "3x3", *_overrides(tiny_root)]) == 130
+        assert capsys.readouterr().err.strip().endswith("lk-segment: interrupted")
     finally:
-        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after the first one
-    (run,) = _runs()
-    assert run.info.status == "KILLED"
+        signal.signal(signal.SIGINT, handler)
 
 
 def test_nan_loss_stops_the_run_naming_the_step_and_marks_it_failed(tiny_root, workdir, capsys):
