@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file beside its target, flushed to disk and only then
 renamed over it (``os.replace`` is atomic on POSIX), so a kill during a save leaves the
-previous good ``last.ckpt`` in place, never a truncated one. Checkpoints are pickles: they
+previous good ``last.ckpt`` in place, never a truncated one; the next save there removes the
+killed one's temporary file. Checkpoints are pickles: they
 are read only with ``torch.load(weights_only=True)``, which refuses any object that would
 need arbitrary code to rebuild, and the refusal says so in one line.
 """
@@ -38,6 +39,25 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete what saves of ``path`` killed mid-write left (``.<name>.<pid>.tmp`` of dead processes)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: nothing is sent, only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def _fsync_dir(folder: Path) -> None:

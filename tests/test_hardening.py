@@ -204,6 +204,11 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, mo
     checkpoint = load_checkpoint(path)
     assert checkpoint["epoch"] == 0 and torch.equal(checkpoint["state_dict"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.glob("*.ckpt")] == ["last.ckpt"]  # no half-written *.ckpt
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    alive = tmp_path / f".last.ckpt.{os.getppid()}.tmp"  # a save under way in a running process
+    alive.touch()
+    atomic_torch_save({"state_dict": {"w": torch.ones(1)}, "epoch": 2}, path)  # the next save, e.g. on resume
+    assert not left.exists() and alive.exists()
 
 
 def test_atomic_save_replaces_and_leaves_no_temporary(tmp_path):
