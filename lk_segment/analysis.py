@@ -42,13 +42,13 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
     param = next(model.parameters())
     x = torch.zeros(1, _in_chs(model), *size, dtype=param.dtype, device=param.device)
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), _native_depthwise(model), counter, torch.no_grad():
+    with _eval_mode(model), native_depthwise(model), counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / 1e9
 
 
 @contextmanager
-def _native_depthwise(model: nn.Module) -> Iterator[None]:
+def native_depthwise(model: nn.Module) -> Iterator[None]:
     """Run every ``lk_segment.ops.DepthwiseConv2d`` natively inside, then give back its ``impl``.
 
     FlopCounterMode does not count FFTs, and ``impl="auto"`` would time both implementations

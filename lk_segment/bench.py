@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import platform
 import statistics
 import tempfile
@@ -64,6 +65,7 @@ class BenchConfig:
     loader_images: int = 96  # images decoded for the first-epoch figure (6 cars: 80 train images)
     loader_workers: list[int] = field(default_factory=lambda: [0, 2])
     inference_repeats: int = 5
+    fused_repeats: int = 30  # fused vs unfused: a few ms per call at the default size, so many turns
     dw_kernels: list[int] = field(default_factory=lambda: [7, 13, 31])
     dw_shape: list[int] = field(default_factory=lambda: [4, 32, 64, 96])  # B, C, H, W: replk's 2nd level
     matmul_size: int = 2048
@@ -233,14 +235,16 @@ def reference_step(cfg: DictConfig, images: torch.Tensor, masks: torch.Tensor, s
 
 
 def training_flops(cfg: DictConfig, images: torch.Tensor) -> float:
-    """FLOPs of one forward + backward of the batch (matrix products and convolutions)."""
+    """FLOPs of one forward + backward of the batch (matrix products and convolutions), large
+    depthwise kernels counted as direct convolutions whichever way they would run."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from lk_segment.analysis import native_depthwise
     from lk_segment.system import build_model
 
-    model = build_model(to_container(cfg)["model"])
+    model = build_model(to_container(cfg)["model"]).to(images.device)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with native_depthwise(model), counter:
         model(images).float().mean().backward()
     return float(counter.get_total_flops())
 
@@ -259,6 +263,7 @@ def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: 
     """
     from torch.profiler import ProfilerActivity, profile
 
+    from lk_segment.ops import DepthwiseConv2d
     from lk_segment.reference import reference_loss
     from lk_segment.system import build_model
 
@@ -294,9 +299,11 @@ def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: 
         conv = sum(e.cpu_time_total for e in events if e.key in CONV_OPS)
     flops = training_flops(cfg, images[:1].to(device)) * len(images)
     step_ms, conv_ms = total / steps / 1e3, conv / steps / 1e3
+    # Depthwise kernels that ran by FFT did part of the FLOPs outside aten::convolution.
+    fft = any(getattr(m, "impl", None) in ("fft", "auto") for m in model.modules() if isinstance(m, DepthwiseConv2d))
     return {"step_ms": step_ms, "conv_ms": conv_ms, "other_ms": step_ms - conv_ms,
             "conv_share": conv_ms / step_ms, "step_gflop": flops / 1e9,
-            "conv_tflops": flops / (conv_ms / 1e3) / 1e12 if conv_ms else float("nan"),
+            "conv_tflops": None if fft or not conv_ms else flops / (conv_ms / 1e3) / 1e12,
             "setting": setting_name(**setting)}
 
 
@@ -393,33 +400,39 @@ def predict_latency_ms(system, image: np.ndarray, repeats: int, device: torch.de
 
 def model_latency_ms(model: torch.nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> float:
     """Median ms of one eval-mode forward of ``x`` (after one untimed call)."""
-    times = []
+    return interleaved_latency_ms({"model": model}, x, repeats, device)["model"]
+
+
+def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int,
+                           device: torch.device) -> dict[str, float]:
+    """Median ms of one eval-mode forward of ``x`` for each model, the models taking turns call
+    by call (after one untimed call each), so a drift of the machine's speed hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(repeats + 1):
-            sync(device)
-            start = time.perf_counter()
-            model(x)
-            sync(device)
-            times.append(time.perf_counter() - start)
-    return 1000 * median(times[1:])
+            for name, model in models.items():
+                sync(device)
+                start = time.perf_counter()
+                model(x)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * median(t[1:]) for name, t in times.items()}
 
 
 def bench_fused(cfg: DictConfig, repeats: int, device: torch.device) -> dict:
-    """A re-parameterisable variant's U-Net, unfused against fused (``reparameterize()``), one
-    image at the size predict feeds it, and how far their outputs differ. (The Predictor
-    always runs the fused form, so the comparison is of the model alone.)"""
+    """A re-parameterisable variant's U-Net, unfused against fused (``reparameterize()`` on a
+    copy), one image at the size predict feeds it, timed in turns, and how far their outputs
+    differ. (The Predictor always runs the fused form, so the comparison is of the model alone.)"""
     system = _system(cfg)
     h, w = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
     x = torch.randn(1, 3, h, w, device=device)
-    model = system.model.to(device).eval()
-    unfused_ms = model_latency_ms(model, x, repeats, device)
+    unfused = system.model.to(device).eval()
+    fused = copy.deepcopy(unfused).reparameterize()
+    ms = interleaved_latency_ms({"unfused": unfused, "fused": fused}, x, repeats, device)
     with torch.inference_mode():
-        ref = model(x)
-    model.reparameterize()
-    fused_ms = model_latency_ms(model, x, repeats, device)
-    with torch.inference_mode():
-        err = float((model(x) - ref).abs().max() / ref.abs().max())
-    return {"unfused_ms": unfused_ms, "fused_ms": fused_ms, "speedup": unfused_ms / fused_ms,
+        ref = unfused(x)
+        err = float((fused(x) - ref).abs().max() / ref.abs().max())
+    return {"unfused_ms": ms["unfused"], "fused_ms": ms["fused"], "speedup": ms["unfused"] / ms["fused"],
             "max_rel_diff": err}
 
 
@@ -585,7 +598,7 @@ def run_bench(bcfg: BenchConfig, log=print) -> dict:
         system = _system(cfg).to(device)
         inference[v] = {"predict_ms": predict_latency_ms(system, image, bcfg.inference_repeats, device)}
         if any(hasattr(block, "reparameterize") for block in system.model.encoder):  # e.g. replk
-            inference[v]["fused"] = bench_fused(cfg, bcfg.inference_repeats, device)
+            inference[v]["fused"] = bench_fused(cfg, bcfg.fused_repeats, device)
         log(f"  predict {v}: {inference[v]['predict_ms']:.1f} ms per 1918x1280 image"
             + (f"; fused x{inference[v]['fused']['speedup']:.2f}" if "fused" in inference[v] else ""))
     results["inference"] = inference
@@ -621,7 +634,7 @@ def table(results: dict) -> str:
                   "| variant | step ms | convolutions ms | other ms | conv share | GFLOP | conv TFLOP/s |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {v} | {b['step_ms']:.1f} | {b['conv_ms']:.1f} | {b['other_ms']:.1f} | "
-                  f"{100 * b['conv_share']:.0f}% | {b['step_gflop']:.1f} | {b['conv_tflops']:.3f} |"
+                  f"{100 * b['conv_share']:.0f}% | {b['step_gflop']:.1f} | {_num(b['conv_tflops'], '.3f')} |"
                   for v, b in results["breakdown"].items()]
     if results.get("pairs"):
         lines += ["", "| pair | step time ratio, timed fp32 | timed fast | profiled fast | FLOP ratio | "
@@ -653,6 +666,10 @@ def table(results: dict) -> str:
               f"TFLOP/s; {results['config']['settings_variant']} step {m['train_step_gflop']:.1f} GFLOP at "
               f"{m['achieved_tflops']:.3f} TFLOP/s ({m['best_setting']}): MFU {100 * m['mfu_vs_bf16_matmul']:.1f}%"]
     return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
 
 
 def _numeric_leaves(d, prefix: str = "") -> dict[str, float]:

@@ -12,6 +12,7 @@ import torch
 from lk_segment.bench import (
     BenchConfig,
     bench_fused,
+    interleaved_latency_ms,
     pair_ratios,
     parse_setting,
     pick_fast,
@@ -39,7 +40,8 @@ requires_replk = pytest.mark.skipif("replk" not in list_blocks(), reason="the re
 def tiny_bench(root, variants=("3x3",), **kw) -> BenchConfig:
     opts = dict(variants=list(variants), overrides=[*tiny_overrides(root), "model.depth=2"], height=64,
                 steps=1, warmup=1, settings=["32", "bf16+cl"], loader_height=64, loader_images=32,
-                loader_workers=[0], inference_repeats=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16], matmul_size=64)
+                loader_workers=[0], inference_repeats=1, fused_repeats=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16],
+                matmul_size=64)
     opts.update(kw)
     return BenchConfig(**opts)
 
@@ -140,6 +142,34 @@ def test_fused_replk_agrees_with_unfused(tiny_root, workdir):
     result = bench_fused(cfg, repeats=1, device=torch.device("cpu"))
     assert result["max_rel_diff"] < 1e-4
     assert result["unfused_ms"] > 0 and result["fused_ms"] > 0
+
+
+@requires_replk
+def test_training_flops_count_large_kernels_as_direct_convolutions(tiny_cfg):
+    images, masks = random_batch(2, 64, 96)
+    counts = {impl: training_flops(tiny_cfg("replk", f"model.block_args.dw_impl={impl}"), images)
+              for impl in ("native", "fft", "auto")}  # auto must not count the timing runs it makes
+    assert counts["fft"] == counts["auto"] == counts["native"] > 0
+    b = step_breakdown(tiny_cfg("replk"), parse_setting("32"), images, masks, 1, 1, torch.device("cpu"))
+    assert b["conv_tflops"] is None  # part of the convolution work ran by FFT, outside aten::convolution
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self, name: str, calls: list[str]):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def forward(self, x):
+        self.calls.append(self.name)
+        return x
+
+
+def test_fused_and_unfused_are_timed_in_turns():
+    calls: list[str] = []
+    ms = interleaved_latency_ms({"a": _Recorder("a", calls), "b": _Recorder("b", calls)}, torch.zeros(1), 3,
+                                torch.device("cpu"))
+    assert calls == ["a", "b"] * 4  # one untimed call each, then 3 timed turns
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
 
 
 def test_batch_augmentation_moves_masks_with_images():
