@@ -154,6 +154,14 @@ def test_training_flops_count_large_kernels_as_direct_convolutions(tiny_cfg):
     assert b["conv_tflops"] is None  # part of the convolution work ran by FFT, outside aten::convolution
 
 
+@requires_replk
+def test_bench_of_replk_reports_its_breakdown_as_not_applicable(tiny_root, workdir):
+    lines: list[str] = []
+    results = run_bench(tiny_bench(tiny_root, variants=("replk",), settings=["32"]), log=lines.append)
+    assert any(line.startswith("  breakdown replk:") and "n/a TFLOP/s" in line for line in lines)
+    assert "| replk |" in table(results)
+
+
 class _Recorder(torch.nn.Module):
     def __init__(self, name: str, calls: list[str]):
         super().__init__()
