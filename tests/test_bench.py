@@ -63,6 +63,8 @@ def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
     assert s["reference"]["kind"] == "reference"
     assert s["ratio_32"] == pytest.approx(s["project_32"]["images_per_s"] / s["reference"]["images_per_s"])
     assert set(results["settings"]) == {"32", "bf16+cl"}
+    assert results["fast_setting"] == results["config_setting"] == "bf16+cl"  # configs/base.yaml
+    assert results["best_setting"] in results["settings"]
     assert results["loader"]["train_images"] > 0 and results["loader"]["model_images_per_s"] > 0
     assert {"cached_cpu_aug_w0_images_per_s", "cached_device_aug_w0_images_per_s"} <= set(results["loader"])
     assert [(r["k"], r["dtype"]) for r in results["dwconv"]] == [(3, "float32"), (3, "bf16"), (7, "float32"),
