@@ -57,8 +57,9 @@ class BenchConfig:
     height: int = 128  # step and inference size (width from the Carvana aspect): the training default
     width: int | None = None  # e.g. 1024 with height 1024 for the GPU figures
     batch_size: int = 8
-    steps: int = 3  # timed steps per figure (their median counts)
-    warmup: int = 1  # untimed steps first (allocations, oneDNN/cuDNN plans, torch.compile)
+    steps: int = 5  # timed steps per figure (their median counts)
+    warmup: int = 2  # untimed steps first (allocations, oneDNN/cuDNN plans, torch.compile)
+    pair_turns: int = 15  # the pairs (1x5/5x5, ...) timed step by step in turns: the ratio's own figure
     settings: list[str] = field(default_factory=lambda: list(SETTINGS))  # swept on settings_variant
     settings_variant: str = "3x3"
     loader_height: int = 256  # the loader against the model at batch 8, 256 x 384
@@ -252,18 +253,9 @@ def training_flops(cfg: DictConfig, images: torch.Tensor) -> float:
 CONV_OPS = ("aten::convolution", "aten::convolution_backward")  # every conv and transposed conv, fwd and bwd
 
 
-def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, steps: int,
-                   warmup: int, device: torch.device) -> dict:
-    """Milliseconds per training step in convolutions and in everything else, under ``setting``.
-
-    The model in a plain loop (autocast, channels_last as the setting says; BCE + soft Dice;
-    AdamW) under ``torch.profiler``: op time on CPU, kernel time on GPU. "other" is batch
-    norm, activations, pooling, the skip additions, dtype casts, the loss and the optimizer;
-    an FFT depthwise path counts there too, since it is not an ``aten::convolution``.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    from lk_segment.ops import DepthwiseConv2d
+def plain_step(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, device: torch.device):
+    """A closure that runs one training step of ``cfg``'s model in a plain loop under ``setting``
+    (autocast and channels_last as it says; BCE + soft Dice; AdamW), and the model."""
     from lk_segment.reference import reference_loss
     from lk_segment.system import build_model
 
@@ -281,6 +273,22 @@ def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: 
         reference_loss(logits.float(), y).backward()
         optimizer.step()
 
+    return step, model
+
+
+def step_breakdown(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, steps: int,
+                   warmup: int, device: torch.device) -> dict:
+    """Milliseconds per training step in convolutions and in everything else, under ``setting``.
+
+    ``plain_step`` under ``torch.profiler``: op time on CPU, kernel time on GPU. "other" is batch
+    norm, activations, pooling, the skip additions, dtype casts, the loss and the optimizer;
+    an FFT depthwise path counts there too, since it is not an ``aten::convolution``.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from lk_segment.ops import DepthwiseConv2d
+
+    step, model = plain_step(cfg, setting, images, masks, device)
     for _ in range(warmup):
         step()
     sync(device)
@@ -315,6 +323,23 @@ def pair_ratios(breakdown: dict, fast: str, slow: str) -> dict:
     return {"step": a["step_ms"] / b["step_ms"], "flops": flop_ratio, "conv_ms": a["conv_ms"] / b["conv_ms"],
             "other_ms": a["other_ms"] / b["other_ms"],
             "step_at_equal_conv_efficiency": (a["other_ms"] + flop_ratio * b["conv_ms"]) / b["step_ms"]}
+
+
+def steps_in_turns_ms(cfgs: dict[str, DictConfig], setting: dict, images: torch.Tensor, masks: torch.Tensor,
+                      turns: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median ms of one ``plain_step`` of each model, the models taking turns step by step (after
+    ``warmup`` untimed turns), so that a drift of the machine's speed hits them alike: the
+    figure for a ratio between two variants."""
+    runs = {name: plain_step(cfg, setting, images, masks, device)[0] for name, cfg in cfgs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(warmup + turns):
+        for name, step in runs.items():
+            sync(device)
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * median(t[warmup:]) for name, t in times.items()}
 
 
 # ----------------------------------------------------------------------------- data loader
@@ -584,6 +609,12 @@ def run_bench(bcfg: BenchConfig, log=print) -> dict:
         pair = pair_ratios(breakdown, a, b)
         for key in ("project_32", "project_fast"):  # the timed steps of the table above, same ratio
             pair[f"timed_{key}"] = steps[a][key]["step_s"] / steps[b][key]["step_s"]
+        ms = steps_in_turns_ms({a: cfgs[a], b: cfgs[b]}, uncompiled, images, masks, bcfg.pair_turns, bcfg.warmup,
+                               device)
+        pair.update({"turns_ms": ms, "turns": ms[a] / ms[b]})
+        log(f"  pair {a}/{b}: step time ratio {pair['turns']:.2f} in {bcfg.pair_turns} turns "
+            f"({ms[a]:.1f} / {ms[b]:.1f} ms), FLOP ratio {pair['flops']:.2f}, at equal conv efficiency "
+            f"{pair['step_at_equal_conv_efficiency']:.2f}")
         results["pairs"][f"{a}/{b}"] = pair
 
     loader_cfg = load_config(bcfg.settings_variant, [*bcfg.overrides, f"data.height={bcfg.loader_height}"])
@@ -646,11 +677,11 @@ def table(results: dict) -> str:
                   f"{100 * b['conv_share']:.0f}% | {b['step_gflop']:.1f} | {_num(b['conv_tflops'], '.3f')} |"
                   for v, b in results["breakdown"].items()]
     if results.get("pairs"):
-        lines += ["", "| pair | step time ratio, timed fp32 | timed fast | profiled fast | FLOP ratio | "
-                  "conv ms ratio | other ms ratio | profiled, at equal conv efficiency |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {r['timed_project_32']:.2f} | {r['timed_project_fast']:.2f} | {r['step']:.2f} | "
-                  f"{r['flops']:.2f} | {r['conv_ms']:.2f} | {r['other_ms']:.2f} | "
+        lines += ["", "| pair | step time ratio, fast, in turns | timed fp32 | timed fast | profiled fast | "
+                  "FLOP ratio | conv ms ratio | other ms ratio | profiled, at equal conv efficiency |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {r['turns']:.2f} | {r['timed_project_32']:.2f} | {r['timed_project_fast']:.2f} | "
+                  f"{r['step']:.2f} | {r['flops']:.2f} | {r['conv_ms']:.2f} | {r['other_ms']:.2f} | "
                   f"{r['step_at_equal_conv_efficiency']:.2f} |" for k, r in results["pairs"].items()]
     ld = results["loader"]
     lines += ["", f"Loader at {ld['size'][0]}x{ld['size'][1]}, batch {results['config']['batch_size']} "

@@ -111,7 +111,7 @@ def _bench(args) -> None:
     from lk_segment.bench import bench_config_from, run_bench, table, write_results
 
     options = {k: getattr(args, k) for k in ("variants", "height", "width", "batch_size", "steps", "warmup",
-                                             "settings", "loader_images", "device")}
+                                             "pair_turns", "settings", "loader_images", "device")}
     options["overrides"] = args.overrides
     if args.variants:
         from lk_segment.config import available_variants
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="timed steps per figure (median)")
     p.add_argument("--warmup", type=int)
+    p.add_argument("--pair-turns", type=int, help="turns of the 1x5/5x5 and 3x3/5x5 step-time ratios (default 15)")
     p.add_argument("--settings", nargs="+", help="settings swept on 3x3, e.g. 32 bf16+cl bf16+cl+compile")
     p.add_argument("--loader-images", type=int, help="images decoded for the loader figures")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])

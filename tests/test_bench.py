@@ -19,6 +19,7 @@ from lk_segment.bench import (
     random_batch,
     run_bench,
     step_breakdown,
+    steps_in_turns_ms,
     table,
     training_flops,
     write_results,
@@ -40,7 +41,7 @@ requires_replk = pytest.mark.skipif("replk" not in list_blocks(), reason="the re
 def tiny_bench(root, variants=("3x3",), **kw) -> BenchConfig:
     opts = dict(variants=list(variants), overrides=[*tiny_overrides(root), "model.depth=2"], height=64,
                 steps=1, warmup=1, settings=["32", "bf16+cl"], loader_height=64, loader_images=32,
-                loader_workers=[0], inference_repeats=1, fused_repeats=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16],
+                loader_workers=[0], inference_repeats=1, fused_repeats=1, pair_turns=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16],
                 matmul_size=64)
     opts.update(kw)
     return BenchConfig(**opts)
@@ -172,6 +173,25 @@ class _Recorder(torch.nn.Module):
     def forward(self, x):
         self.calls.append(self.name)
         return x
+
+
+def test_pair_steps_are_timed_in_turns(monkeypatch, tiny_cfg):
+    import lk_segment.bench as bench
+
+    calls: list[str] = []
+    monkeypatch.setattr(bench, "plain_step", lambda cfg, *a: (lambda: calls.append(cfg.model.block), None))
+    ms = steps_in_turns_ms({"1x5": tiny_cfg("1x5"), "5x5": tiny_cfg("5x5")}, parse_setting("32"), None, None,
+                           turns=3, warmup=1, device=torch.device("cpu"))
+    assert calls == ["1x5", "5x5"] * 4  # one untimed turn, then 3 timed ones
+    assert set(ms) == {"1x5", "5x5"} and all(v >= 0 for v in ms.values())
+
+
+def test_bench_of_a_pair_reports_its_ratios(tiny_root, workdir):
+    results = run_bench(tiny_bench(tiny_root, variants=("1x5", "5x5"), settings=["32"]), log=lambda *_: None)
+    pair = results["pairs"]["1x5/5x5"]
+    assert pair["turns"] == pytest.approx(pair["turns_ms"]["1x5"] / pair["turns_ms"]["5x5"])
+    assert pair["flops"] < 1  # 1x5 + 5x1 does fewer multiply-adds
+    assert "| 1x5/5x5 |" in table(results)
 
 
 def test_fused_and_unfused_are_timed_in_turns():
