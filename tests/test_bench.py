@@ -41,8 +41,8 @@ requires_replk = pytest.mark.skipif("replk" not in list_blocks(), reason="the re
 def tiny_bench(root, variants=("3x3",), **kw) -> BenchConfig:
     opts = dict(variants=list(variants), overrides=[*tiny_overrides(root), "model.depth=2"], height=64,
                 steps=1, warmup=1, settings=["32", "bf16+cl"], loader_height=64, loader_images=32,
-                loader_workers=[0], inference_repeats=1, fused_repeats=1, pair_turns=1, dw_kernels=[3, 7], dw_shape=[1, 2, 16, 16],
-                matmul_size=64)
+                loader_workers=[0], inference_repeats=1, fused_repeats=1, pair_turns=1, dw_kernels=[3, 7],
+                dw_shape=[1, 2, 16, 16], matmul_size=64)
     opts.update(kw)
     return BenchConfig(**opts)
 
