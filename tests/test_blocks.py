@@ -49,6 +49,15 @@ def test_block_forward_backward_shape(name):
 
 
 @pytest.mark.parametrize("name", list_blocks())
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_block_keeps_the_memory_format_it_is_given(name, memory_format):
+    # A block that hands the next one another layout costs a copy per block (replk did: 13% of its step).
+    block = create_block(name, IN_CHS, OUT_CHS).to(memory_format=memory_format)
+    y = block(torch.randn(2, IN_CHS, 20, 28).contiguous(memory_format=memory_format))
+    assert y.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("name", list_blocks())
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
 def test_block_param_count_formula(name, kernel_size):
     assert name in PARAM_FORMULAS, f"add the parameter-count formula of block {name!r} to PARAM_FORMULAS"

@@ -102,12 +102,13 @@ class RepLKBlock(nn.Module):
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         x = self.proj(x)  # (B, C_in, H, W) -> (B, C_out, H, W)
         # PyTorch's CPU depthwise conv runs ~10x faster on channels-last input (oneDNN's path)
         # than on the default layout, fused or not; the values are the same.
         y = self.pw1(x).contiguous(memory_format=torch.channels_last)
         y = self.pw2(self.act(self.large_kernel(y)))
-        return (x + y).contiguous()
+        return (x + y).contiguous(memory_format=fmt)  # the layout the block was given
 
     @torch.no_grad()
     def reparameterize(self) -> RepLKBlock:
