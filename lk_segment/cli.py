@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lk_segment import malloc
+
+    malloc.tune_malloc()  # before the first tensor: freed activations are reused, not unmapped (malloc.py)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
