@@ -360,8 +360,10 @@ def _iterate(loader, device: torch.device, augment=None, max_batches: int | None
 def bench_loader(cfg: DictConfig, bcfg: BenchConfig, device: torch.device) -> dict:
     """images/s of the train loader: first epoch (decode into a fresh cache) and cached epochs."""
     from lk_segment.data.augment_gpu import BatchAugmentation
-    from lk_segment.data.module import CarvanaDataModule
+    from lk_segment.data.module import CarvanaDataModule, default_root
 
+    if cfg.data.root is None:  # the synthetic photos are made once per checkout: not part of the figure
+        default_root(cfg.data.synthetic_cars)
     out: dict = {}
     with tempfile.TemporaryDirectory() as cache_dir:
         data = copy.deepcopy(cfg.data)
