@@ -36,6 +36,7 @@ import statistics
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -532,7 +533,12 @@ def _cpu_name() -> str:
 
 def run_bench(bcfg: BenchConfig, log=print) -> dict:
     """Every measurement, in one process; returns the results (``write_results`` saves them)."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banner per fit
+    import lightning  # noqa: F401  (its import sets its logger to INFO: quieten it afterwards)
+
+    # No "GPU available", AMP, tip and "max_steps reached" lines for each of the dozens of fits.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*val_dataloader.*")  # the bench fits without validation
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 against torch 2.13's pytree
     device = pick_device(bcfg.device)
     started = time.perf_counter()
     variants = bcfg.variants or available_variants()
