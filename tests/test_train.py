@@ -77,6 +77,24 @@ def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, 
         np.testing.assert_array_equal(rle_decode(rle, mask.shape), mask // 255)
 
 
+def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_root, monkeypatch):
+    import torch
+
+    from lk_segment.predict import Predictor, load_system
+
+    result, work = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    ckpt = find_checkpoint(result["run_id"])
+    nhwc, nchw = Predictor(load_system(ckpt)), Predictor(load_system(ckpt), channels_last=False)
+    weights = [next(p.model.encoder.parameters()) for p in (nhwc, nchw)]  # the first 5x5 conv's (8, 3, 5, 5)
+    assert weights[0].is_contiguous(memory_format=torch.channels_last) and not weights[0].is_contiguous()
+    assert weights[1].is_contiguous()
+    image = cv2.cvtColor(cv2.imread(str(tiny_root / "train" / "synth0001_03.jpg")), cv2.COLOR_BGR2RGB)
+    a, b = nhwc.predict(image), nchw.predict(image)
+    assert a.shape == image.shape[:2] and a.any()
+    assert (a != b).mean() < 1e-4  # the same masks, up to a pixel whose logit rounds across 0
+
+
 def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
     result, work = trained
     monkeypatch.chdir(work)
