@@ -28,6 +28,7 @@ CPU. Results go to a JSON file, a printed table and the MLflow experiment ``benc
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import logging
 import math
@@ -45,6 +46,7 @@ import psutil
 import torch
 from omegaconf import DictConfig
 
+from lk_segment import malloc
 from lk_segment.config import available_variants, load_config, to_container, training_size
 
 SETTINGS = ("32", "32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
@@ -93,7 +95,9 @@ def sync(device: torch.device) -> None:
 
 class PeakMemory:
     """Peak memory (MB) inside a ``with`` block: CUDA's allocator peak on GPU, else the process
-    RSS sampled every 5 ms by a thread (torch kernels release the GIL, so it keeps sampling)."""
+    RSS sampled every 5 ms by a thread (torch kernels release the GIL, so it keeps sampling),
+    after the memory that earlier measurements freed was given back (``malloc.trim``: the tuned
+    allocator would otherwise keep it and every figure would include the largest before it)."""
 
     def __init__(self, device: torch.device):
         self.device, self.peak_mb = device, 0.0
@@ -102,6 +106,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return self
+        gc.collect()
+        malloc.trim()
         self._proc, self._stop = psutil.Process(), threading.Event()
         self._peak = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._sample, daemon=True)

@@ -54,6 +54,13 @@ def tune_malloc() -> bool:
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
 
 
+def trim() -> bool:
+    """Give the free memory glibc keeps back to the system now (``malloc_trim(0)``), so that the
+    process RSS measured next is what is in use, not what earlier work left for reuse."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
 def mmapped_bytes() -> int | None:
     """Bytes glibc holds in mmapped blocks now (``mallinfo2().hblkhd``); None without glibc 2.33+."""
     libc = _glibc()

@@ -246,3 +246,19 @@ def test_pick_fast_wants_compile_to_earn_its_compile_time():
     assert pick_fast(settings) == "bf16+cl"  # 5% faster does not pay for minutes of compiling
     settings["bf16+cl+compile"]["images_per_s"] = 3.0
     assert pick_fast(settings) == "bf16+cl+compile"
+
+
+def test_cpu_peak_memory_is_each_blocks_own_under_the_tuned_allocator():
+    from lk_segment import malloc
+    from lk_segment.bench import PeakMemory
+
+    if not malloc.tune_malloc():
+        pytest.skip("glibc only: elsewhere malloc is not tuned and gives freed memory back itself")
+    cpu = torch.device("cpu")
+    peaks = []
+    for mb in (200, 20):  # below the 256 MiB mmap threshold: the heap keeps the first block's memory
+        with PeakMemory(cpu) as mem:
+            block = torch.ones(mb * 2**20 // 4)
+            del block
+        peaks.append(mem.peak_mb)
+    assert peaks[1] < peaks[0] - 100  # not the 200 MB the first block left behind for reuse
