@@ -28,6 +28,7 @@ CPU. Results go to a JSON file, a printed table and the MLflow experiment ``benc
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import logging
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -332,21 +334,27 @@ def pair_ratios(breakdown: dict, fast: str, slow: str) -> dict:
             "step_at_equal_conv_efficiency": (a["other_ms"] + flop_ratio * b["conv_ms"]) / b["step_ms"]}
 
 
-def steps_in_turns_ms(cfgs: dict[str, DictConfig], setting: dict, images: torch.Tensor, masks: torch.Tensor,
-                      turns: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median ms of one ``plain_step`` of each model, the models taking turns step by step (after
-    ``warmup`` untimed turns), so that a drift of the machine's speed hits them alike: the
-    figure for a ratio between two variants."""
-    runs = {name: plain_step(cfg, setting, images, masks, device)[0] for name, cfg in cfgs.items()}
-    times: dict[str, list[float]] = {name: [] for name in runs}
+def in_turns_ms(calls: dict[str, Callable[[], object]], turns: int, warmup: int,
+                device: torch.device) -> dict[str, float]:
+    """Median ms of each call, the calls taking turns one by one (after ``warmup`` untimed
+    turns), so that a drift of the machine's speed hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(warmup + turns):
-        for name, step in runs.items():
+        for name, call in calls.items():
             sync(device)
             start = time.perf_counter()
-            step()
+            call()
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * median(t[warmup:]) for name, t in times.items()}
+
+
+def steps_in_turns_ms(cfgs: dict[str, DictConfig], setting: dict, images: torch.Tensor, masks: torch.Tensor,
+                      turns: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median ms of one ``plain_step`` of each model, timed in turns: the figure for a ratio
+    between two variants."""
+    runs = {name: plain_step(cfg, setting, images, masks, device)[0] for name, cfg in cfgs.items()}
+    return in_turns_ms(runs, turns, warmup, device)
 
 
 # ----------------------------------------------------------------------------- data loader
@@ -441,16 +449,8 @@ def interleaved_latency_ms(models: dict[str, torch.nn.Module], x: torch.Tensor, 
                            device: torch.device) -> dict[str, float]:
     """Median ms of one eval-mode forward of ``x`` for each model, the models taking turns call
     by call (after one untimed call each), so a drift of the machine's speed hits them alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode():
-        for _ in range(repeats + 1):
-            for name, model in models.items():
-                sync(device)
-                start = time.perf_counter()
-                model(x)
-                sync(device)
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * median(t[1:]) for name, t in times.items()}
+        return in_turns_ms({name: functools.partial(model, x) for name, model in models.items()}, repeats, 1, device)
 
 
 def bench_fused(cfg: DictConfig, repeats: int, device: torch.device) -> dict:

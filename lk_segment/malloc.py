@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -34,6 +35,13 @@ TRIM_THRESHOLD_BYTES = 2**30
 OPT_OUT = "LK_SEGMENT_MALLOC"  # =default: glibc's own settings
 
 
+class MallInfo2(ctypes.Structure):  # glibc 2.33+'s struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+@functools.cache  # find_library runs ldconfig: once per process
 def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -68,11 +76,5 @@ def mmapped_bytes() -> int | None:
     libc = _glibc()
     if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                     "keepcost")]
-
     libc.mallinfo2.restype = MallInfo2
     return int(libc.mallinfo2().hblkhd)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lk_segment.blocks.registry import conv_bn_act, register_block, same_padding
-from lk_segment.ops import DepthwiseConv2d
+from lk_segment.ops import DepthwiseConv2d, memory_format_of
 
 
 def conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, groups: int = 1,
@@ -102,7 +102,7 @@ class RepLKBlock(nn.Module):
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        fmt = memory_format_of(x)
         x = self.proj(x)  # (B, C_in, H, W) -> (B, C_out, H, W)
         # PyTorch's CPU depthwise conv runs ~10x faster on channels-last input (oneDNN's path)
         # than on the default layout, fused or not; the values are the same.

@@ -43,10 +43,10 @@ def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     out = torch.fft.irfft2(spec, s=size)[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]  # -> (B, C, H, W)
     if bias is not None:
         out = out + bias.float().view(1, c, 1, 1)
-    return out.to(x.dtype).contiguous(memory_format=_memory_format(x))
+    return out.to(x.dtype).contiguous(memory_format=memory_format_of(x))
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
 
