@@ -14,6 +14,8 @@ RESUME ?=
 CKPT ?=
 INPUT ?=
 OUT ?= predictions
+DEVICE ?= auto
+TTA ?=
 ERF_OUT ?= erf
 BENCH_OUT ?= bench.json
 VARIANTS ?= 3x3 5x5 1x5 gcn replk
@@ -50,9 +52,10 @@ compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the 
 report: $(STAMP) ## results table, plots, conclusions of a comparison from MLflow alone: make report EXPERIMENT=compare
 	$(BIN)/lk-segment report $(EXPERIMENT) $(ARGS)
 
-predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>) INPUT=<dir of .jpg> OUT=<dir>
+predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>) INPUT=<dir of .jpg> OUT=<dir> [DEVICE=cpu|cuda] [TTA=1]
 	@test -n "$(INPUT)" || { echo "make predict needs INPUT=<folder of .jpg>"; exit 2; }
-	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --input "$(INPUT)" --out "$(OUT)"
+	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --input "$(INPUT)" --out "$(OUT)" \
+		--device $(DEVICE) $(if $(TTA),--tta)
 
 ui: $(STAMP) ## MLflow UI over the tracking store on http://127.0.0.1:5000 (PORT= to change)
 	mkdir -p mlruns/artifacts

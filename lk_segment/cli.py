@@ -33,7 +33,8 @@ def _predict(args) -> None:
     if bool(args.run) == bool(args.ckpt):
         raise UserError("give exactly one of --run <mlflow run id> or --ckpt <path to a .ckpt>")
     ckpt = args.ckpt or find_checkpoint(args.run)
-    csv_path = predict_folder(ckpt, args.input, args.out)
+    csv_path = predict_folder(ckpt, args.input, args.out, device=args.device, tta=args.tta,
+                              batch_size=args.batch_size)
     print(f"masks and {csv_path} written")
 
 
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="path to a .ckpt file")
     p.add_argument("--input", required=True, help="folder of .jpg images")
     p.add_argument("--out", required=True, help="folder for <name>_mask.png and submission.csv")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: mean of the logits of the "
+                   "image and of its mirror image")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("config", help="print the resolved config")

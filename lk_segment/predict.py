@@ -1,10 +1,10 @@
 """Reload a trained model and write full-resolution masks and a Kaggle submission.
 
     lk-segment predict --run <mlflow run id> --input <folder of .jpg> --out <folder>
-    lk-segment predict --ckpt <path.ckpt> --input ... --out ...
+    lk-segment predict --ckpt <path.ckpt> --input ... --out ... [--device cpu|cuda] [--tta]
 
 The architecture comes from the checkpoint's hyper-parameters. Each image is predicted at
-the training size; the logits are upsampled to the image's own size and thresholded at 0.
+the training size; the logits are upsampled to the image's own size and thresholded at 0 (``Predictor``).
 """
 
 from __future__ import annotations
@@ -54,50 +54,125 @@ def fuse_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return Path(dst)
 
 
-class Predictor:
-    """A reloaded model that turns RGB uint8 images of any size into 0/1 masks of that size."""
+def resolve_device(device: str | None = None) -> torch.device:
+    """``auto`` (or None): the GPU when there is one, else the CPU; ``cuda`` without CUDA is a ``UserError``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but this torch sees no CUDA GPU "
+                        f"(torch {torch.__version__}): use DEVICE=cpu")
+    return torch.device(device)
 
-    def __init__(self, system: SegmentationSystem, device: str = "cpu", channels_last: bool = True):
+
+class Predictor:
+    """A reloaded model that turns RGB uint8 images of any size into 0/1 masks of that size.
+
+    Each image is resized (INTER_AREA) to the training size, normalised on the device, run
+    through the fused model (in batches; bf16 autocast on a GPU that has it), and its logits
+    are upsampled bilinearly to the image's own size and thresholded at 0. With ``tta`` the
+    logits are the mean of those of the image and of its mirror image, mirrored back.
+    """
+
+    def __init__(self, system: SegmentationSystem, device: str | torch.device | None = "cpu",
+                 channels_last: bool = True, tta: bool = False, batch_size: int = 8):
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         # The deploy-time form: re-parameterisable blocks (replk) fused, same masks, faster.
         # NHWC: oneDNN's and cuDNN's preferred layout (the U-Net 25-35% faster per image on CPU).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = system.model.eval().reparameterize().to(device, memory_format=self.memory_format)
-        self.device = device
+        self.model = system.model.eval().reparameterize().to(self.device, memory_format=self.memory_format)
+        self.tta, self.batch_size = tta, max(1, int(batch_size))
+        # bf16 autocast where the GPU has it (the training default); float32 on the CPU, as trained masks expect
+        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         data = system.hparams.get("data") or {}
         self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
+        self.mean = torch.from_numpy(MEAN).view(1, 3, 1, 1).to(self.device)
+        self.std = torch.from_numpy(STD).view(1, 3, 1, 1).to(self.device)
+
+    def resize(self, image_rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) at any size -> (h, w, 3) at the training size."""
+        h, w = self.size
+        if image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
+            raise UserError(f"expected an RGB image (H, W, 3), got an array of shape {tuple(image_rgb.shape)}")
+        return cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
 
     @torch.inference_mode()
-    def predict(self, image_rgb: np.ndarray) -> np.ndarray:
+    def small_logits(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
+        """Float logits (B, 1, h, w) at the training size, on the device, for a list of RGB uint8 images."""
+        batch = torch.from_numpy(np.stack([self.resize(im) for im in images_rgb]))  # (B, h, w, 3) uint8
+        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # uint8 travels, not float32
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = self.model(x).float()
+            if self.tta:  # mirror image, mirrored back: the mean of the two views
+                logits = 0.5 * (logits + self.model(x.flip(-1)).float().flip(-1))
+        return logits
+
+    @torch.inference_mode()
+    def logits(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """Float logits (H, W) of one image at its own size, on the device."""
         full_h, full_w = image_rgb.shape[:2]
-        h, w = self.size
-        small = cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
-        x = torch.from_numpy(((small.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)[None].copy())
-        logits = self.model(x.to(self.device, memory_format=self.memory_format)).float()  # (1, 1, h, w)
-        logits = F.interpolate(logits, size=(full_h, full_w), mode="bilinear", align_corners=False)
-        return (logits[0, 0] > 0).to(torch.uint8).cpu().numpy()
+        small = self.small_logits([image_rgb])
+        return F.interpolate(small, size=(full_h, full_w), mode="bilinear", align_corners=False)[0, 0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
+        """0/1 uint8 masks, each at its image's own size; the model sees ``batch_size`` images at a time."""
+        masks: list[np.ndarray] = []
+        for i in range(0, len(images_rgb), self.batch_size):
+            chunk = images_rgb[i : i + self.batch_size]
+            small = self.small_logits(chunk)
+            for image, logit in zip(chunk, small, strict=True):  # each back to its own size
+                full = F.interpolate(logit[None], size=image.shape[:2], mode="bilinear", align_corners=False)
+                masks.append((full[0, 0] > 0).to(torch.uint8).cpu().numpy())
+        return masks
+
+    def predict(self, image_rgb: np.ndarray) -> np.ndarray:
+        """The 0/1 uint8 mask (H, W) of one RGB uint8 image (H, W, 3)."""
+        return self.predict_batch([image_rgb])[0]
 
 
-def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
-    """Write ``<name>_mask.png`` (0/255) per image and ``submission.csv``; return the CSV path."""
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise UserError(f"cannot read image {str(path)!r}: not a readable JPEG")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path, progress: bool = True,
+                   device: str | None = "auto", tta: bool = False, batch_size: int = 8) -> Path:
+    """Write ``<name>_mask.png`` (0/255) per image and ``submission.csv``; return the CSV path.
+
+    ``device``: auto (the GPU when there is one), cpu or cuda; ``tta``: flip test-time augmentation.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
-    predictor = Predictor(load_system(ckpt))
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise UserError(f"input folder {str(input_dir)!r} does not exist")
     images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UserError(f"input folder {str(input_dir)!r} holds no .jpg images")
+    predictor = Predictor(load_system(ckpt), device=device, tta=tta, batch_size=batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "submission.csv"
-    with open(csv_path, "w", newline="") as f:
+    chunks = [images[i : i + predictor.batch_size] for i in range(0, len(images), predictor.batch_size)]
+    with open(csv_path, "w", newline="") as f, ThreadPoolExecutor(2) as pool, \
+            tqdm(total=len(images), desc=f"predicting on {predictor.device.type}", unit="img",
+                 disable=not progress) as bar:
         writer = csv.writer(f)
         writer.writerow(["img", "rle_mask"])
-        for path in tqdm(images, desc="predicting", unit="img", disable=not progress):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise UserError(f"cannot read image {str(path)!r}: not a readable JPEG")
-            mask = predictor.predict(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255)
-            writer.writerow([path.name, rle_encode(mask)])
+        # the next chunk is decoded (OpenCV releases the GIL) while the model runs on this one
+        pending = pool.submit(lambda c: [read_rgb(p) for p in c], chunks[0])
+        for k, chunk in enumerate(chunks):
+            rgb = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(lambda c: [read_rgb(p) for p in c], chunks[k + 1])
+            for path, mask in zip(chunk, predictor.predict_batch(rgb), strict=True):
+                cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255)
+                writer.writerow([path.name, rle_encode(mask)])
+            bar.update(len(chunk))
     return csv_path
