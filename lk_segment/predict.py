@@ -150,13 +150,14 @@ def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
 
     from tqdm.auto import tqdm
 
+    system = load_system(ckpt)  # a missing or foreign checkpoint is named first
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise UserError(f"input folder {str(input_dir)!r} does not exist")
     images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise UserError(f"input folder {str(input_dir)!r} holds no .jpg images")
-    predictor = Predictor(load_system(ckpt), device=device, tta=tta, batch_size=batch_size)
+    predictor = Predictor(system, device=device, tta=tta, batch_size=batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "submission.csv"
     chunks = [images[i : i + predictor.batch_size] for i in range(0, len(images), predictor.batch_size)]
