@@ -33,7 +33,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants readme-variants erf bench clean
+.PHONY: help install train predict ui test lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +98,11 @@ erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run
 
 bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENCH_OUT=bench.json ARGS="--variants 3x3"
 	$(BIN)/lk-segment bench --out "$(BENCH_OUT)" $(ARGS)
+
+# NO_VENV=1: run with $(PYTHON) as it is, no venv made or installed (a GPU machine whose python has
+# torch, the other packages made importable by PYTHONPATH; README "On a GPU machine").
+gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, bench, loader, predict) into gpu-check/ (no GPU: small CPU mode)
+	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
 test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
 	$(BIN)/python -m pytest $(TEST_ARGS)
