@@ -5,6 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
+# SYSTEM_TORCH=1: use the torch that came with $(PYTHON) (a CUDA image, a cluster module): the venv
+# sees $(PYTHON)'s packages and torch is not pinned. Left empty, it is set when $(PYTHON) imports a
+# CUDA build of torch; SYSTEM_TORCH=0 pins $(TORCH_SPEC) regardless.
+SYSTEM_TORCH ?=
+# WHEELS=<folder>: install from that folder of wheels alone, no package index (an offline machine)
+WHEELS ?=
+PIP_SOURCE := $(if $(WHEELS),--no-index --find-links "$(WHEELS)" --no-build-isolation)
+GPU_CHECK_OUT ?= gpu-check
 VARIANT ?= 3x3
 ARGS ?=
 PORT ?= 5000
@@ -25,22 +33,39 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants readme-variants erf bench clean
+.PHONY: help install train predict ui test lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: VARIANT=$(VARIANT) ARGS=\"key=value ...\" RUN=<run id> CKPT=<path> INPUT=<dir> OUT=<dir> PORT=$(PORT)"
 
 # torch first, with an exact pin: this machine holds its CPU wheel, a GPU machine gets the
-# CUDA build of the same version; the project's own range is then already satisfied.
+# CUDA build of the same version; the project's own range (torch>=2.4) is then already satisfied.
+# With a system torch the venv is made with --system-site-packages, plus a .pth naming $(PYTHON)'s own
+# site-packages: when $(PYTHON) is itself a venv's (as on many GPU images), --system-site-packages
+# alone would show the base interpreter's packages, not the ones holding torch. pip then finds
+# torch (and whatever else is there) already installed and leaves it alone. No pip of its own
+# (--without-pip): $(PYTHON)'s pip and setuptools serve it, so nothing needs fetching to start.
+# WHEELS= builds the project with the environment's setuptools (no isolated build env to fetch).
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@system="$(SYSTEM_TORCH)"; \
+	if [ -z "$$system" ] && $(PYTHON) -c "import sys, torch; sys.exit(torch.version.cuda is None)" 2>/dev/null; then \
+		system=1; echo "$(PYTHON) has a CUDA build of torch: using it (SYSTEM_TORCH=0 pins $(TORCH_SPEC) instead)"; fi; \
+	set -ex; \
+	if [ "$$system" = 1 ]; then \
+		test -d $(VENV) || $(PYTHON) -m venv --system-site-packages --without-pip $(VENV); \
+		$(PYTHON) -c "import site; print(*site.getsitepackages(), sep='\n')" \
+			> "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_system_site.pth"; \
+	else \
+		test -d $(VENV) || $(PYTHON) -m venv $(VENV); \
+	fi; \
+	$(if $(WHEELS),,$(BIN)/python -m pip install -q --upgrade pip;) \
+	if [ "$$system" != 1 ]; then $(BIN)/python -m pip install -q $(PIP_SOURCE) "$(TORCH_SPEC)"; fi; \
+	$(if $(WHEELS),$(BIN)/python -m pip install -q $(PIP_SOURCE) "setuptools>=70.1";) \
+	$(BIN)/python -m pip install -q $(PIP_SOURCE) -e ".[dev]"
 	touch $@
 
-install: $(STAMP) ## create .venv and install the project (done on first use by every target)
+install: $(STAMP) ## create .venv and install the project (done on first use by every target); SYSTEM_TORCH=1, WHEELS=<folder>
 
 train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..." (RESUME=<run id>|last after a crash)
 	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS) $(if $(RESUME),resume=$(RESUME))
@@ -73,6 +98,11 @@ erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run
 
 bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENCH_OUT=bench.json ARGS="--variants 3x3"
 	$(BIN)/lk-segment bench --out "$(BENCH_OUT)" $(ARGS)
+
+# NO_VENV=1: run with $(PYTHON) as it is, no venv made or installed (a GPU machine whose python has
+# torch, the other packages made importable by PYTHONPATH; README "On a GPU machine").
+gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, bench, loader, predict) into gpu-check/ (no GPU: small CPU mode)
+	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
 test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
 	$(BIN)/python -m pytest $(TEST_ARGS)

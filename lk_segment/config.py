@@ -42,11 +42,13 @@ class DataConfig:
     val_fraction: float = 0.2  # of the cars (never of the images: a car's 16 views stay together)
     split_seed: int = 0  # the split does not move with the training seed
     batch_size: int = 8
-    num_workers: int = 0  # the cache makes loading cheap; workers cost start-up on 2 cores
+    # None: 0 when training on the CPU (workers compete with the step for the cores), on CUDA a share
+    # of the cores per device (persistent workers); see data.module.default_num_workers
+    num_workers: int | None = None
     cache_dir: str = "data/cache"
     augment: bool = True
-    # cpu: albumentations per image in the loader; gpu: kornia on whole batches on the
-    # training device (for a GPU whose CPU workers cannot keep up; see docs/performance.md)
+    # cpu: albumentations per image in the loader; gpu: whole batches on the training device,
+    # draws made there (for a GPU whose CPU workers cannot keep up; see docs/performance.md)
     augment_on: str = "cpu"
     synthetic_cars: int = 32  # size of the embedded dataset (x 16 views)
     limit_images: int | None = None  # use only the first N images (quick experiments)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from lk_segment.checkpointing import atomic_torch_save, describe_load_error, load_checkpoint
 from lk_segment.config import training_size
-from lk_segment.data.carvana import IMAGE_SUFFIXES, MEAN, STD
+from lk_segment.data.carvana import IMAGE_SUFFIXES
+from lk_segment.data.normalize import Normalize
 from lk_segment.data.rle import rle_encode
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
@@ -87,8 +88,7 @@ class Predictor:
         self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         data = system.hparams.get("data") or {}
         self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
-        self.mean = torch.from_numpy(MEAN).view(1, 3, 1, 1).to(self.device)
-        self.std = torch.from_numpy(STD).view(1, 3, 1, 1).to(self.device)
+        self.normalize = Normalize().to(self.device)
 
     def resize(self, image_rgb: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) at any size -> (h, w, 3) at the training size."""
@@ -101,8 +101,8 @@ class Predictor:
     def small_logits(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
         """Float logits (B, 1, h, w) at the training size, on the device, for a list of RGB uint8 images."""
         batch = torch.from_numpy(np.stack([self.resize(im) for im in images_rgb]))  # (B, h, w, 3) uint8
-        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # uint8 travels, not float32
-        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        x = self.normalize(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))  # uint8 travels
+        x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.model(x).float()
             if self.tta:  # mirror image, mirrored back: the mean of the two views

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
-from lk_segment.errors import UserError
+from lk_segment.data.normalize import Normalize
+from lk_segment.guard import NonFiniteGuard
 from lk_segment.unet import UNet
 
 
@@ -58,11 +59,13 @@ class SegmentationSystem(L.LightningModule):
         self.best_dice = 0.0
         self.channels_last = False
         data = data or {}
-        self.batch_augment = None  # data.augment_on=gpu: kornia on whole batches on the device
+        self.normalize = Normalize()  # the loader's uint8 batches become the model's input on the device
+        self.batch_augment = None  # data.augment_on=gpu: whole batches augmented on the device
         if data.get("augment") and data.get("augment_on", "cpu") == "gpu":
             from lk_segment.data.augment_gpu import BatchAugmentation
 
             self.batch_augment = BatchAugmentation()
+        self.nonfinite = NonFiniteGuard()
 
     def configure_speed(self, channels_last: bool = False, compile: bool = False) -> None:
         """NHWC weights and inputs and/or ``torch.compile`` of the U-Net, in place, so the
@@ -78,10 +81,20 @@ class SegmentationSystem(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
+    def on_fit_start(self) -> None:
+        if self.batch_augment is not None:  # each DDP rank draws its own augmentations
+            self.batch_augment.reseed(torch.initial_seed() + self.global_rank)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The loader's batch, now on the device: uint8 (B, 3, H, W) images and (B, 1, H, W) 0/1 masks
+        -> normalised float images and float masks (augmented first with data.augment_on=gpu). A float
+        batch (already normalised, as the bench's fixed batch) is used as it is."""
+        images, masks = batch
+        if images.dtype != torch.uint8:
+            return batch
         if self.batch_augment is not None and self.trainer.training:
-            batch = self.batch_augment(*batch)
-        return batch
+            images, masks = self.batch_augment(images, masks)
+        return self.normalize(images), masks.float()
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -90,20 +103,25 @@ class SegmentationSystem(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks = batch
         loss = self._loss(self(images), masks)
-        self._stop_if_not_finite(loss, batch_idx)
+        self.nonfinite.record_loss(loss, batch_idx)
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
                  sync_dist=True)
         return loss
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        """A NaN or infinite loss stops the run (marked FAILED) before it reaches the weights.
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # after backward (and DDP's gradient all-reduce): the device-side flag skips a non-finite update
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed: it skips bad gradients itself
+        self.nonfinite.skip_step_if_not_finite(optimizer, grads, self.global_step, self.current_epoch,
+                                               check_grads=scaler is None)
 
-        Every rank takes the same decision (one tiny all-reduce under DDP), so none is left waiting.
-        """
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
-            raise UserError(f"training loss is {float(loss):g} at step {self.global_step} (epoch {self.current_epoch}, "
-                            f"batch {batch_idx}): training stopped; lower optim.lr or use trainer.precision=32")
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        step = self.global_step  # optimizer steps taken; read the flag every log_every_n_steps and at epoch end
+        if step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.nonfinite.stop_if_seen(self.trainer.strategy)
+
+    def on_train_epoch_end(self) -> None:
+        self.nonfinite.stop_if_seen(self.trainer.strategy)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch
@@ -125,7 +143,8 @@ class SegmentationSystem(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
-        opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        # fused: one kernel per step, and it takes the guard's device-side "skip this step" flag (found_inf)
+        opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg["warmup_fraction"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -26,6 +26,7 @@ from lk_segment.callbacks import PerfMonitor
 from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
+from lk_segment.device import check_accelerator, device_name
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
@@ -49,6 +50,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     ``tags`` are added to the run's (a sweep passes ``mlflow.parentRunId`` to nest it under its
     comparison); ``callbacks`` are extra Lightning callbacks (a sweep's progress line).
     """
+    check_accelerator(cfg.trainer.accelerator)  # before the data is prepared or a run created
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = to_container(cfg)
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
@@ -90,6 +92,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
                    "model/receptive_field_px": system.model.receptive_field_px()})
     params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}  # no credentials
     params["data/skipped_files"] = len(datamodule.skipped)
+    params["trainer.device_name"] = device_name(trainer.strategy.root_device)  # what it really trained on
     params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
     try:
         if resume_run_id is None:
@@ -146,6 +149,8 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
 
     Building it reads the launcher's environment and fixes this process's global rank, node rank
     and world size: a second node's processes learn here that they are not rank 0.
+    ``cudnn.benchmark`` is on unless the run asks to be deterministic: training batches have
+    one shape (the short last one is dropped), so each convolution's fastest kernel is found once.
     """
     try:
         return L.Trainer(
@@ -153,7 +158,7 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
             num_nodes=t.num_nodes, strategy=t.strategy, deterministic=t.deterministic,
             log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
             limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
-            enable_model_summary=t.enable_progress_bar, **kwargs,
+            enable_model_summary=t.enable_progress_bar, benchmark=not t.deterministic, **kwargs,
         )
     except (MisconfigurationException, ValueError, TypeError) as exc:  # e.g. strategy=dpp, accelerator=gpu on a CPU
         first = str(exc).splitlines()[0]

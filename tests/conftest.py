@@ -48,6 +48,20 @@ def tiny_cfg(tiny_root, workdir):
     return make
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` tests are skipped, saying why, where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} ({build}) sees none; "
+                                   "make gpu-check runs these on a GPU machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def carvana_root() -> Path | None:
     root = os.environ.get("LK_CARVANA_ROOT")
     return Path(root) if root else None

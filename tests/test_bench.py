@@ -28,7 +28,6 @@ from lk_segment.blocks import list_blocks
 from lk_segment.cli import main
 from lk_segment.config import load_config, to_container
 from lk_segment.data.augment_gpu import BatchAugmentation
-from lk_segment.data.carvana import MEAN, STD
 from lk_segment.errors import UserError
 from lk_segment.reference import REFERENCE_BLOCKS, ReferenceUNet, reference_loss
 from lk_segment.system import SegmentationSystem, soft_dice_loss
@@ -200,24 +199,6 @@ def test_fused_and_unfused_are_timed_in_turns():
                                 torch.device("cpu"))
     assert calls == ["a", "b"] * 4  # one untimed call each, then 3 timed turns
     assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
-
-
-def test_batch_augmentation_moves_masks_with_images():
-    torch.manual_seed(0)
-    mean, std = (torch.from_numpy(v / 255).view(1, 3, 1, 1) for v in (MEAN, STD))
-    images = (torch.rand(4, 3, 32, 48) - mean) / std  # normalised photos: pixels in 0..1 before
-    masks = (torch.rand(4, 1, 32, 48) > 0.5).float()
-    out_images, out_masks = BatchAugmentation()(images, masks)
-    assert out_images.shape == images.shape and out_masks.shape == masks.shape
-    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
-    import kornia.augmentation as K
-
-    flip = BatchAugmentation()  # a sure flip and no colour: the mask must move exactly as the image
-    flip.geometric = K.AugmentationSequential(K.RandomHorizontalFlip(p=1.0), data_keys=["input", "mask"])
-    flip.colour = torch.nn.Identity()
-    got_images, got_masks = flip(images, masks)
-    torch.testing.assert_close(got_images, images.flip(-1), atol=1e-5, rtol=1e-5)
-    assert torch.equal(got_masks, masks.flip(-1))
 
 
 def test_augment_on_gpu_moves_augmentation_into_the_system(tiny_cfg):

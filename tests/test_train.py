@@ -8,11 +8,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from lk_segment.cli import main
 from lk_segment.config import load_config
 from lk_segment.data.rle import rle_decode
+from lk_segment.device import cpu_name
 from lk_segment.predict import predict_folder
 from lk_segment.tracking import find_checkpoint, tracking_uri
 from lk_segment.train import train
@@ -45,7 +47,10 @@ def test_fit_writes_an_mlflow_run_with_every_metric(trained):
         history = client.get_metric_history(result["run_id"], key)
         assert len(history) == 2, key  # one value per epoch
         assert all(np.isfinite(m.value) for m in history)
-    assert "perf/gpu_peak_mem_mb" not in run.data.metrics  # logged only where CUDA is present
+    on_cuda = torch.cuda.is_available()  # trainer.accelerator=auto trains on the GPU where there is one
+    assert run.data.params["trainer.device_name"] == (torch.cuda.get_device_name(0) if on_cuda else cpu_name())
+    for key in ("perf/gpu_peak_mem_mb", "perf/gpu_peak_reserved_mb"):  # exactly when the run trained on CUDA
+        assert (key in run.data.metrics) == on_cuda, key
     assert int(run.data.params["model/params"]) > 0
     assert run.data.params["model.block"] == "5x5" and run.data.params["trainer.max_epochs"] == "2"
     assert "model/block" not in run.data.params  # the config is logged once, under dotted keys
@@ -78,8 +83,6 @@ def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, 
 
 
 def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_root, monkeypatch):
-    import torch
-
     from lk_segment.predict import Predictor, load_system
 
     result, work = trained

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -13,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from lk_segment.config import DataConfig, training_size
-from lk_segment.data.carvana import MEAN, STD, BadFile, DecodedCache, find_samples, split_by_car
+from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, split_by_car
+from lk_segment.data.normalize import Normalize
 from lk_segment.data.synthetic import generate
 from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
@@ -22,6 +24,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it checks for updates 
 import albumentations as A  # noqa: E402
 
 SYNTHETIC_ROOT = Path("data/synthetic")
+_NORMALIZE = Normalize()
+# Loader workers per CUDA device at most: a worker only slices the memory-mapped cache (and, with
+# data.augment_on=cpu, augments), so a few per GPU feed it; more add start-up and memory.
+MAX_WORKERS_PER_DEVICE = 8
 
 
 def default_root(cars: int) -> Path:
@@ -48,14 +54,21 @@ def train_augmentation() -> A.Compose:
     ])
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> normalised float (3, H, W)."""
-    return torch.from_numpy(((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy())
-
-
 class CarvanaDataset(Dataset):
-    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: list[int], transform=None):
+    """Items as the loaders send them: a uint8 (3, H, W) image and a uint8 (1, H, W) 0/1 mask,
+    normalised on the training device (``Normalize`` in the system). ``normalized=True`` gives
+    float items ready for the model instead, for code that indexes the dataset directly (the
+    ERF's validation images); the same ``Normalize`` computes both.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: list[int], transform=None,
+                 normalized: bool = True):
         self.images, self.masks, self.indices, self.transform = images, masks, indices, transform
+        self.normalized = normalized
+
+    def as_uint8(self) -> CarvanaDataset:
+        """The same items as the loaders send them (uint8)."""
+        return CarvanaDataset(self.images, self.masks, self.indices, self.transform, normalized=False)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,7 +79,11 @@ class CarvanaDataset(Dataset):
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
-        return to_tensor(image), torch.from_numpy(mask[None].astype(np.float32))  # (1, H, W)
+        image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W) uint8
+        mask = torch.from_numpy(mask[None].copy())  # (1, H, W) uint8, writable (the cache is read-only)
+        if self.normalized:
+            return _NORMALIZE(image[None])[0], mask.float()
+        return image, mask
 
 
 class EpochShuffleSampler(RandomSampler):
@@ -85,6 +102,20 @@ class EpochShuffleSampler(RandomSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def default_num_workers(on_cuda: bool, devices_per_node: int = 1) -> int:
+    """``data.num_workers`` when not given.
+
+    On the CPU, 0: the training step already uses every core, and workers compete with it (2
+    workers were 2.2x slower than none on 2 cores, and none feeds 36x what the model consumes;
+    docs/performance.md). On CUDA the host only feeds the GPU: each device's process gets its
+    share of the cores, less one for itself, at most ``MAX_WORKERS_PER_DEVICE``.
+    """
+    if not on_cuda:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS_PER_DEVICE, cores // max(1, devices_per_node) - 1))
 
 
 class CarvanaDataModule(L.LightningDataModule):
@@ -149,12 +180,20 @@ class CarvanaDataModule(L.LightningDataModule):
         self.train_set = CarvanaDataset(images, masks, [index[s] for s in train], aug)
         self.val_set = CarvanaDataset(images, masks, [index[s] for s in val])
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: CarvanaDataset, shuffle: bool) -> DataLoader:
+        trainer = self.trainer  # None outside a fit (the bench, a notebook)
+        on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
         workers = self.cfg.num_workers
+        if workers is None:
+            workers = default_num_workers(on_cuda, trainer.num_devices if trainer is not None else 1)
+        batch = self.cfg.batch_size
+        # training: equal batches (fixed shapes for cudnn.benchmark and compile), unless not one is full
+        world = trainer.world_size if trainer is not None else 1
+        drop_last = shuffle and math.ceil(len(dataset) / world) >= batch
         # validation under DDP: each rank its own images, none repeated to pad (see distributed.py)
         sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else validation_sampler(dataset)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        return DataLoader(dataset.as_uint8(), batch_size=batch, sampler=sampler, drop_last=drop_last,
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=on_cuda)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

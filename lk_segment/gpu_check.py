@@ -1,0 +1,384 @@
+"""``make gpu-check``: one command that shows the project works on a GPU, and how fast.
+
+    python -m lk_segment.gpu_check --out gpu-check            # GPU mode where torch sees CUDA, else CPU mode
+    python -m lk_segment.gpu_check --out gpu-check --mode cpu  # the small CPU mode CI runs
+
+Each step runs as its own process, as a user would run it, and the check goes on after a
+failed step; the summary says which passed. In GPU mode (sized for under 8 minutes on one GPU):
+
+1. the environment: torch, CUDA, the device, bf16;
+2. the ``cuda`` tests (``pytest -m cuda``);
+3. synthetic photos in the Kaggle layout (1918x1280);
+4. ``lk-segment train`` of 3x3 and replk, 2 epochs at 512x768, and their MLflow runs checked:
+   FINISHED, GPU peak memory logged, Dice logged and in [0, 1];
+5. ``lk-segment bench`` at 1024x1024 for 3x3, 1x5, 5x5 and replk in bf16 + channels_last;
+6. the loader's images/s against the model's at 1024x1536;
+7. ``lk-segment predict`` of a few photos on the device.
+
+The CPU mode runs the same steps at toy sizes (the ``cuda`` tests then report themselves skipped).
+Writes ``<out>/gpu-check.json`` and ``<out>/gpu-check.md``; the steps' logs go to ``<out>/logs/``
+and their data, MLflow store and outputs to ``<out>/work/``. Exit status 1 when a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_VARIANTS = ("3x3", "replk")
+BENCH_VARIANTS = ("3x3", "1x5", "5x5", "replk")
+
+
+@dataclass
+class Sizes:
+    """What each mode runs at."""
+
+    photo: tuple[int, int]  # synthetic photos (width, height)
+    cars: int  # x 16 views
+    train: tuple[int, int]  # training (height, width)
+    train_args: list[str]  # more key=value for the trainings
+    bench: tuple[int, int]  # bench steps (height, width)
+    bench_variants: tuple[str, ...]
+    bench_args: list[str]
+    loader: tuple[int, int]  # loader against model (height, width)
+    loader_images: int
+    predict_photos: int
+    timeout_s: dict[str, int] = field(default_factory=dict)
+
+
+MODES = {
+    "gpu": Sizes(photo=(1918, 1280), cars=6, train=(512, 768), train_args=[], bench=(1024, 1024),
+                 bench_variants=BENCH_VARIANTS,
+                 bench_args=["--steps", "5", "--warmup", "2", "--pair-turns", "3", "--loader-images", "24"],
+                 loader=(1024, 1536), loader_images=48, predict_photos=8,
+                 timeout_s={"tests": 240, "train": 150, "bench": 300, "loader": 120, "predict": 90}),
+    # The same steps on toy models and sizes: it checks that the script and every command in it work.
+    "cpu": Sizes(photo=(240, 160), cars=3, train=(32, 48), train_args=["model.width=4", "model.depth=2"],
+                 bench=(32, 48), bench_variants=("3x3",),
+                 bench_args=["--steps", "1", "--warmup", "1", "--pair-turns", "1", "--loader-images", "8",
+                             "--batch-size", "2", "model.width=4", "model.depth=2"],
+                 loader=(64, 96), loader_images=32, predict_photos=2,
+                 timeout_s={"tests": 300, "train": 300, "bench": 400, "loader": 200, "predict": 120}),
+}
+
+
+# ----------------------------------------------------------------------------- the steps in Python
+
+
+def environment() -> dict:
+    import torch
+
+    from lk_segment.device import device_name
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
+            "device_name": device_name(device), "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+
+
+def make_data(root: Path, sizes: Sizes) -> dict:
+    from lk_segment.data.synthetic import generate
+
+    if not (root / "SYNTHETIC").exists():
+        generate(root, cars=sizes.cars, width=sizes.photo[0], height=sizes.photo[1],
+                 workers=max(1, min(16, os.cpu_count() or 1)), progress=False)
+    return {"root": str(root), "photos": len(list((root / "train").glob("*.jpg"))), "size": list(sizes.photo)}
+
+
+def loader_vs_model(root: Path, sizes: Sizes, device_type: str) -> dict:
+    """Images/s the training loader delivers (cached, its default workers for the device) against
+    images/s the 3x3 training step consumes (bf16 + channels_last), at the same size and batch."""
+    from lk_segment.bench import BenchConfig, bench_loader, parse_setting, pick_device, project_step, random_batch
+    from lk_segment.config import load_config, training_size
+    from lk_segment.data.module import default_num_workers
+
+    device = pick_device(device_type)
+    height, width = sizes.loader
+    workers = default_num_workers(device.type == "cuda")
+    cfg = load_config("3x3", [f"data.root={root}", *sizes.train_args])
+    # bench_loader trains at (loader_height, the width of Carvana's aspect): 1024 -> 1024x1536
+    bcfg = BenchConfig(loader_height=height, loader_images=sizes.loader_images, loader_workers=[workers])
+    loader = bench_loader(cfg, bcfg, device)
+    images, masks = random_batch(bcfg.batch_size, *training_size(height, width, 2 ** cfg.model.depth))
+    setting = parse_setting("bf16+cl")
+    model = project_step(cfg, setting, images, masks, steps=5, warmup=2, device=device)
+    cached = loader[f"cached_cpu_aug_w{workers}_images_per_s"]
+    return {"size": [height, width], "batch_size": bcfg.batch_size, "workers": workers,
+            "loader_images_per_s": cached,
+            "loader_device_aug_images_per_s": loader["cached_device_aug_w0_images_per_s"],
+            "model_images_per_s": model["images_per_s"], "loader_over_model": cached / model["images_per_s"]}
+
+
+STEPS = {"loader": lambda args, sizes: loader_vs_model(Path(args.work) / "carvana", sizes, args.device)}
+
+
+# ----------------------------------------------------------------------------- the check
+
+
+class Check:
+    """Runs the steps one after the other, each in its own process, and collects the results."""
+
+    def __init__(self, out: Path, mode: str):
+        self.out, self.mode, self.sizes = out, mode, MODES[mode]
+        self.work, self.logs = out / "work", out / "logs"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.device = "cuda" if mode == "gpu" else "cpu"
+        self.steps: list[dict] = []
+        self.env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1",
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{self.work.resolve()}/mlruns/mlflow.db",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+    def run(self, name: str, argv: list[str], timeout_key: str, cwd: Path | None = None) -> dict:
+        """One step's process; its output to logs/<name>.log; a record of how it went."""
+        number = len(self.steps) + 1
+        print(f"[{number}] {name} ...", flush=True)
+        start = time.perf_counter()
+        log = self.logs / f"{name}.log"
+        try:
+            with open(log, "w") as f:
+                proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.work, env=self.env,
+                                      timeout=self.sizes.timeout_s[timeout_key])
+            status = "passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            status = f"failed (over {self.sizes.timeout_s[timeout_key]} s)"
+        step = {"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
+        self.steps.append(step)
+        print(f"[{number}] {name}: {status} in {step['seconds']} s", flush=True)
+        if status != "passed":
+            print("    " + "\n    ".join(log.read_text(errors="replace").splitlines()[-15:]), flush=True)
+        return step
+
+    def python_step(self, name: str, timeout_key: str) -> dict | None:
+        """A step of this module (STEPS) in its own process; its JSON result, or None when it failed."""
+        result = self.work / f"{name}.json"
+        result.unlink(missing_ok=True)
+        step = self.run(name, [sys.executable, "-m", "lk_segment.gpu_check", "--step", name, "--mode", self.mode,
+                               "--work", str(self.work), "--device", self.device], timeout_key)
+        return json.loads(result.read_text()) if step["status"] == "passed" and result.exists() else None
+
+    def inline(self, name: str, function):
+        """A cheap step in this process (the environment, the synthetic photos); None when it failed."""
+        print(f"[{len(self.steps) + 1}] {name} ...", flush=True)
+        start, result = time.perf_counter(), None
+        try:
+            result, status = function(), "passed"
+        except Exception as exc:
+            status = f"failed ({type(exc).__name__}: {exc})"
+        self.steps.append({"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1)})
+        print(f"[{len(self.steps)}] {name}: {status}", flush=True)
+        return result
+
+    def fail(self, step: dict, why: str) -> None:
+        step["status"] = f"failed ({why})"
+        print(f"    {why}", flush=True)
+
+    def all(self) -> dict:
+        results: dict = {"mode": self.mode, "environment": self.inline("environment", environment)}
+        # the cuda tests' own file: collecting every test file would import what only CI installs (selenium)
+        tests = self.run("cuda-tests", [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                                        str(ROOT / "tests" / "test_cuda.py")], "tests", cwd=ROOT)
+        results["cuda_tests"] = _pytest_counts(Path(tests["log"]).read_text(errors="replace"))
+        root = self.work / "carvana"
+        self.inline("data", lambda: make_data(root, self.sizes))
+        results["trainings"] = {v: self.train(v, root) for v in TRAIN_VARIANTS}
+        results["bench"] = self.bench()
+        results["loader"] = self.python_step("loader", "loader")
+        results["predict"] = self.predict(root, results["trainings"].get("3x3") or {})
+        results["steps"] = self.steps
+        results["passed"] = all(step["status"] == "passed" for step in self.steps)
+        return results
+
+    def train(self, variant: str, root: Path) -> dict:
+        height, width = self.sizes.train
+        step = self.run(f"train-{variant}", [
+            sys.executable, "-m", "lk_segment", "train", "-v", variant, f"data.root={root}",
+            f"data.height={height}", f"data.width={width}", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+            f"trainer.accelerator={'gpu' if self.device == 'cuda' else 'cpu'}", "experiment=gpu-check",
+            *self.sizes.train_args], "train")
+        if step["status"] != "passed":
+            return {}
+        return self.check_run(step, variant)
+
+    def check_run(self, step: dict, variant: str) -> dict:
+        """The latest run of ``variant`` in the check's store: FINISHED, Dice logged (2 short epochs may
+        not lift it above 0 yet: the figure is reported, not judged), GPU memory exactly on a GPU."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(self.env["MLFLOW_TRACKING_URI"])
+        experiment = client.get_experiment_by_name("gpu-check")
+        runs = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+        run = runs[0]
+        m = run.data.metrics
+        record = {"run_id": run.info.run_id, "status": run.info.status, "device_name":
+                  run.data.params.get("trainer.device_name"), "val_dice": m.get("val/dice"),
+                  "epoch_time_s": m.get("perf/epoch_time_s"), "train_images_per_s": m.get("perf/train_images_per_s"),
+                  "gpu_peak_mem_mb": m.get("perf/gpu_peak_mem_mb"),
+                  "gpu_peak_reserved_mb": m.get("perf/gpu_peak_reserved_mb"),
+                  "size": list(self.sizes.train)}
+        ckpts = sorted((self.work / "checkpoints" / run.info.run_id).glob("best-*.ckpt"))
+        record["checkpoint"] = str(ckpts[-1]) if ckpts else None
+        dice = record["val_dice"]
+        if run.info.status != "FINISHED":
+            self.fail(step, f"run {run.info.run_id} is {run.info.status}")
+        elif dice is None or not (math.isfinite(dice) and 0 <= dice <= 1):
+            self.fail(step, f"val/dice {dice} is not in [0, 1]")
+        elif (self.device == "cuda") != (record["gpu_peak_mem_mb"] is not None):
+            self.fail(step, f"perf/gpu_peak_mem_mb {record['gpu_peak_mem_mb']} on a {self.device} run")
+        return record
+
+    def bench(self) -> dict | None:
+        height, width = self.sizes.bench
+        path = self.work / "bench.json"
+        step = self.run("bench", [sys.executable, "-m", "lk_segment", "bench", "--out", str(path), "--device",
+                                  self.device, "--variants", *self.sizes.bench_variants, "--height", str(height),
+                                  "--width", str(width), "--settings", "bf16+cl", *self.sizes.bench_args], "bench")
+        if step["status"] != "passed":
+            return None
+        try:
+            return summarise_bench(json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            self.fail(step, f"bench JSON not as expected: {exc!r}")
+            return None
+
+    def predict(self, root: Path, training: dict) -> dict | None:
+        ckpt = training.get("checkpoint")
+        photos = self.work / "predict-in"
+        photos.mkdir(exist_ok=True)
+        for path in sorted((root / "train").glob("*.jpg"))[: self.sizes.predict_photos]:
+            link = photos / path.name
+            if not link.exists():
+                link.symlink_to(path.resolve())
+        out = self.work / "predict-out"
+        argv = [sys.executable, "-m", "lk_segment", "predict", "--ckpt", str(ckpt), "--input", str(photos),
+                "--out", str(out), "--device", self.device]
+        step = self.run("predict", argv, "predict")
+        masks = len(list(out.glob("*_mask.png")))
+        if step["status"] == "passed" and masks != self.sizes.predict_photos:
+            self.fail(step, f"{masks} masks written for {self.sizes.predict_photos} photos")
+        return {"photos": self.sizes.predict_photos, "masks": masks, "seconds": step["seconds"], "device": self.device}
+
+
+def summarise_bench(bench: dict) -> dict:
+    """The figures docs/performance.md quotes, out of the bench's JSON."""
+    steps, inference = bench["steps"], bench["inference"]
+    return {"size": bench["size"], "device_name": bench["env"]["device_name"], "setting": bench["fast_setting"],
+            "variants": {v: {"images_per_s": row["project_fast"]["images_per_s"],
+                             "peak_mem_mb": row["project_fast"]["peak_mem_mb"],
+                             "reference_images_per_s": row["reference"]["images_per_s"],
+                             "predict_ms": inference.get(v, {}).get("predict_ms")} for v, row in steps.items()},
+            "mfu_vs_bf16_matmul": bench["matmul"]["mfu_vs_bf16_matmul"],
+            "bf16_matmul_tflops": bench["matmul"]["bf16_tflops"]}
+
+
+def _pytest_counts(log: str) -> dict:
+    """'3 passed, 19 skipped in 4.2s' -> {'passed': 3, 'skipped': 19}; skip reasons kept (-ra)."""
+    counts: dict = {}
+    for line in log.splitlines()[::-1]:
+        if " in " in line and any(w in line for w in ("passed", "skipped", "failed", "error", "deselected")):
+            for part in line.strip("= ").split(" in ")[0].split(","):
+                number, _, what = part.strip().partition(" ")
+                if number.isdigit():
+                    counts[what] = int(number)
+            break
+    counts["skip_reasons"] = sorted({ln.split(": ", 1)[-1] for ln in log.splitlines() if ln.startswith("SKIPPED")})
+    return counts
+
+
+# ----------------------------------------------------------------------------- the summary
+
+
+def markdown(results: dict) -> str:
+    env = results.get("environment") or {}
+    lines = [f"# gpu-check ({results['mode']} mode): {'all steps passed' if results['passed'] else 'FAILED'}", "",
+             f"Device: {env.get('device_name', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, "
+             f"bf16 {env.get('bf16')}, {env.get('cpus')} CPUs, python {env.get('python')}.", "",
+             "| step | status | seconds |", "|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in results["steps"]]
+    tests = results.get("cuda_tests") or {}
+    lines += ["", "`cuda` tests: " + ", ".join(f"{v} {k}" for k, v in tests.items() if k != "skip_reasons")]
+    lines += [f"  (skipped: {r})" for r in tests.get("skip_reasons", [])[:1]]
+    lines += ["", "| training (2 epochs) | size | status | val/dice | epoch s | img/s | GPU peak MB | reserved MB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for variant, t in results["trainings"].items():
+        if t:
+            size = "x".join(map(str, t["size"]))
+            lines.append(f"| {variant} | {size} | {t['status']} | {_f(t['val_dice'], '.4f')} "
+                         f"| {_f(t['epoch_time_s'])} | {_f(t['train_images_per_s'])} "
+                         f"| {_f(t['gpu_peak_mem_mb'], '.0f')} | {_f(t['gpu_peak_reserved_mb'], '.0f')} |")
+        else:
+            lines.append(f"| {variant} | | failed | | | | | |")
+    bench = results.get("bench")
+    if bench:
+        h, w = bench["size"]
+        lines += ["", f"Bench at {h}x{w}, batch 8, {bench['setting']} (training step; predict: one 1918x1280 image):",
+                  "",
+                  "| variant | img/s | x plain fp32 reference | peak MB | predict ms/img |", "|---|---|---|---|---|"]
+        for v, row in bench["variants"].items():
+            ratio = row["images_per_s"] / row["reference_images_per_s"]
+            lines.append(f"| {v} | {row['images_per_s']:.1f} | {ratio:.2f} | {row['peak_mem_mb']:.0f} "
+                         f"| {_f(row['predict_ms'])} |")
+        lines.append(f"\n3x3 MFU against the bf16 matmul ({bench['bf16_matmul_tflops']:.1f} TFLOP/s): "
+                     f"{100 * bench['mfu_vs_bf16_matmul']:.1f}%")
+    loader = results.get("loader")
+    if loader:
+        h, w = loader["size"]
+        lines += ["", f"Loader at {h}x{w}, batch {loader['batch_size']}, {loader['workers']} workers: "
+                  f"{loader['loader_images_per_s']:.1f} img/s (device augmentation, 0 workers: "
+                  f"{loader['loader_device_aug_images_per_s']:.1f}) against the 3x3 step's "
+                  f"{loader['model_images_per_s']:.1f} img/s: x{loader['loader_over_model']:.2f}"]
+    p = results.get("predict") or {}
+    lines += ["", f"Predict: {p.get('masks')} masks for {p.get('photos')} photos on {p.get('device')}, "
+              f"{p.get('seconds')} s for the whole command."]
+    return "\n".join(lines) + "\n"
+
+
+def _f(value, spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lk_segment.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.json, gpu-check.md, logs/, work/")
+    parser.add_argument("--mode", choices=["auto", "gpu", "cpu"], default="auto",
+                        help="auto: gpu where torch sees CUDA, else the small cpu mode")
+    parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)  # one step, in its own process
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--device", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    mode = args.mode
+    if mode == "auto":
+        import torch
+
+        mode = "gpu" if torch.cuda.is_available() else "cpu"
+    if args.step:
+        result = STEPS[args.step](args, MODES[mode])
+        (Path(args.work) / f"{args.step}.json").write_text(json.dumps(result, indent=1))
+        print(json.dumps(result, indent=1))
+        return 0
+    out = Path(args.out)
+    started = time.perf_counter()
+    print(f"gpu-check in {mode} mode, into {out}/", flush=True)
+    results = Check(out, mode).all()
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "gpu-check.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "gpu-check.md").write_text(markdown(results) + f"\nWhole check: {results['seconds']} s.\n")
+    print(f"{'passed' if results['passed'] else 'FAILED'} in {results['seconds']} s: {out}/gpu-check.md, "
+          f"{out}/gpu-check.json", flush=True)
+    return 0 if results["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
