@@ -24,6 +24,8 @@ INPUT ?=
 OUT ?= predictions
 DEVICE ?= auto
 TTA ?=
+DATA ?=
+EVAL_OUT ?= evaluations
 ERF_OUT ?= erf
 BENCH_OUT ?= bench.json
 VARIANTS ?= 3x3 5x5 1x5 gcn replk
@@ -33,7 +35,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants readme-variants erf bench gpu-check clean
+.PHONY: help install train predict evaluate ui test lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -82,6 +84,11 @@ predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<pat
 	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --input "$(INPUT)" --out "$(OUT)" \
 		--device $(DEVICE) $(if $(TTA),--tta)
 
+evaluate: $(STAMP) ## mean per-image Dice at full resolution: make evaluate RUN=<id> (or CKPT=<path>) DATA=<Kaggle-layout dir> [TTA=1]
+	@test -n "$(DATA)" || { echo "make evaluate needs DATA=<folder with train/*.jpg and train_masks/*_mask.gif>"; exit 2; }
+	$(BIN)/lk-segment evaluate $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --data "$(DATA)" \
+		--out "$(EVAL_OUT)" --device $(DEVICE) $(if $(TTA),--tta)
+
 ui: $(STAMP) ## MLflow UI over the tracking store on http://127.0.0.1:5000 (PORT= to change)
 	mkdir -p mlruns/artifacts
 	$(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root ./mlruns/artifacts \
@@ -113,4 +120,4 @@ lint: $(STAMP) ## ruff check (pyflakes, pycodestyle, isort, bugbear, pyupgrade)
 	$(BIN)/ruff check lk_segment tests
 
 clean: ## remove caches and checkpoints (keeps .venv, data and mlruns)
-	rm -rf checkpoints .pytest_cache .ruff_cache predictions
+	rm -rf checkpoints .pytest_cache .ruff_cache predictions evaluations

@@ -1,4 +1,4 @@
-"""The ``lk-segment`` command: train, predict, config, variants, erf, compare, report.
+"""The ``lk-segment`` command: train, predict, evaluate, config, variants, erf, compare, report.
 
 A mistake the user can fix (a bad key, a missing folder, an unknown run id) prints one line
 that names it and exits with status 2; ``--debug`` shows the traceback instead.
@@ -22,8 +22,10 @@ def _train(args) -> None:
 
     result = train(load_config(args.variant, args.overrides))
     if result["global_rank"] == 0:  # under DDP every process returns here; one line is enough
-        print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}; "
-              f"checkpoint {result['best_checkpoint']}")
+        full = result["metrics"].get("val/dice_full_best")
+        print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}"
+              + (f", its val/dice_full {full:.4f} (mean per-image Dice at full resolution)" if full is not None else "")
+              + f"; checkpoint {result['best_checkpoint']}")
 
 
 def _predict(args) -> None:
@@ -36,6 +38,20 @@ def _predict(args) -> None:
     csv_path = predict_folder(ckpt, args.input, args.out, device=args.device, tta=args.tta,
                               batch_size=args.batch_size)
     print(f"masks and {csv_path} written")
+
+
+def _evaluate(args) -> None:
+    from lk_segment.evaluate import evaluate, format_table
+    from lk_segment.tracking import find_checkpoint
+
+    if bool(args.run) == bool(args.ckpt):
+        raise UserError("give exactly one of --run <mlflow run id> or --ckpt <path to a .ckpt>")
+    ckpt = args.ckpt or find_checkpoint(args.run)
+    result = evaluate(ckpt, args.data, args.out, run_id=args.run, device=args.device, tta=args.tta,
+                      batch_size=args.batch_size)
+    print(format_table(result, f"run {args.run}" if args.run else str(ckpt), args.data, args.tta))
+    print(f"  logged to run {args.run} under {result['prefix']}" if args.run else
+          "  not logged to MLflow (give --run <id> instead of --ckpt to log it to the run)")
 
 
 def _config(args) -> None:
@@ -146,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "image and of its mirror image")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="mean per-image Dice at full resolution on a labelled folder")
+    p.add_argument("--run", help="MLflow run id (its best checkpoint; the figures are logged to it)")
+    p.add_argument("--ckpt", help="path to a .ckpt file")
+    p.add_argument("--data", required=True, help="Kaggle-layout folder: train/*.jpg and train_masks/*_mask.gif")
+    p.add_argument("--out", default="evaluations", help="folder for <data name>/per_image.csv and the worst "
+                   "overlays (default evaluations)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as predict --tta")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--variant", "-v", default=None)

@@ -28,10 +28,8 @@ import lightning as L
 
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
+from lk_segment.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, finished_child_runs
 
-ROLE_TAG = "lk_segment.role"  # "comparison" on the parent run, "training" on its children
-SWEEP_TAG = "lk_segment.sweep"  # hash of what must be identical for runs to be comparable
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under it
 ERF_IMAGES = 8  # validation images (spread over the cars) the effective receptive field is averaged over
 ERF_FRACTIONS = (0.2, 0.5, 0.99)  # sides of the centred squares holding these shares of the ERF
 
@@ -122,7 +120,7 @@ def compare(
     client = mlflow_client()
     exp_id = _experiment_id(client, experiment)
     parent_id = _parent_run(client, exp_id, key, variants, seeds, overrides)
-    finished = finished_children(client, exp_id, parent_id)
+    finished = {Pair(*pair): run.info.run_id for pair, run in finished_child_runs(client, exp_id, parent_id).items()}
     todo = [pair for pair in configs if pair not in finished]
     print(
         f"[compare] experiment {experiment!r}, parent run {parent_id}: {len(configs)} runs "
@@ -171,17 +169,6 @@ def compare(
         "skipped": sorted(finished, key=lambda p: (variants.index(p.variant), p.seed)),
         "report": report,
     }
-
-
-def finished_children(client, exp_id: str, parent_id: str) -> dict[Pair, str]:
-    """(variant, seed) -> run id of the parent's children that FINISHED (the latest if several)."""
-    runs = client.search_runs(
-        [exp_id],
-        f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-        max_results=10000,
-    )
-    return {Pair(r.data.tags["variant"], int(r.data.tags["seed"])): r.info.run_id for r in runs}
 
 
 def _experiment_id(client, name: str) -> str:

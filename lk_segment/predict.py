@@ -10,6 +10,8 @@ the training size; the logits are upsampled to the image's own size and threshol
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -133,6 +135,27 @@ class Predictor:
         return self.predict_batch([image_rgb])[0]
 
 
+def decoded_chunks(items: list, load: Callable, chunk_size: int,
+                   threads: int | None = None) -> Iterator[tuple[list, list]]:
+    """Yield ``(chunk, [load(item) for item in chunk])`` in order, ``chunk_size`` items at a time.
+
+    Threads (OpenCV and PIL release the GIL) decode the next chunk while the caller works on
+    this one (e.g. the model runs on it); at most two chunks of decoded images are held at once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1)) as pool:
+        pending = [pool.submit(load, item) for item in chunks[0]]
+        for k, chunk in enumerate(chunks):
+            loaded = [future.result() for future in pending]
+            if k + 1 < len(chunks):
+                pending = [pool.submit(load, item) for item in chunks[k + 1]]
+            yield chunk, loaded
+
+
 def read_rgb(path: Path) -> np.ndarray:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -146,8 +169,6 @@ def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
 
     ``device``: auto (the GPU when there is one), cpu or cuda; ``tta``: flip test-time augmentation.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm.auto import tqdm
 
     system = load_system(ckpt)  # a missing or foreign checkpoint is named first
@@ -160,18 +181,12 @@ def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
     predictor = Predictor(system, device=device, tta=tta, batch_size=batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "submission.csv"
-    chunks = [images[i : i + predictor.batch_size] for i in range(0, len(images), predictor.batch_size)]
-    with open(csv_path, "w", newline="") as f, ThreadPoolExecutor(2) as pool, \
+    with open(csv_path, "w", newline="") as f, \
             tqdm(total=len(images), desc=f"predicting on {predictor.device.type}", unit="img",
                  disable=not progress) as bar:
         writer = csv.writer(f)
         writer.writerow(["img", "rle_mask"])
-        # the next chunk is decoded (OpenCV releases the GIL) while the model runs on this one
-        pending = pool.submit(lambda c: [read_rgb(p) for p in c], chunks[0])
-        for k, chunk in enumerate(chunks):
-            rgb = pending.result()
-            if k + 1 < len(chunks):
-                pending = pool.submit(lambda c: [read_rgb(p) for p in c], chunks[k + 1])
+        for chunk, rgb in decoded_chunks(images, read_rgb, predictor.batch_size):
             for path, mask in zip(chunk, predictor.predict_batch(rgb), strict=True):
                 cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255)
                 writer.writerow([path.name, rle_encode(mask)])

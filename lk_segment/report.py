@@ -4,7 +4,10 @@ Markdown), plots (PNG) and a conclusions paragraph generated from the numbers.
     lk-segment report compare                      # the latest comparison in experiment "compare"
     lk-segment report compare --out docs/results --markdown docs/results.md
 
-The figures per run: best ``val/dice`` over its epochs; the median over epochs of
+The headline per run: ``val/dice_full_best``, the best checkpoint's mean per-image Dice at the
+photos' full resolution (Kaggle's metric, ``lk_segment.full_res``), with the best low-resolution
+``val/dice`` over its epochs beside it (runs that did not log the former rank by the latter).
+Also per run: the median over epochs of
 ``perf/epoch_time_s`` and ``perf/train_images_per_s`` (the median ignores the first epoch's
 one-off start-up); the peak of ``perf/gpu_peak_mem_mb`` where present, else of
 ``perf/cpu_peak_rss_mb``. Per variant: mean and standard deviation over its seeds.
@@ -23,9 +26,12 @@ import numpy as np
 from lk_segment.errors import UserError
 
 CURVE_KEYS = ("val/dice", "train/loss")
+FULL_RES_KEY = "val/dice_full_best"  # logged once per run by lk_segment.full_res.FullResEval
+HEADLINES = {"dice_full": FULL_RES_KEY, "best_dice": "best val/dice"}  # stats key -> its name in the report
 PLOTS = {
-    "dice_vs_epoch_time": "Best val/dice against epoch time; the Pareto front (nothing both faster and better) joined",
-    "dice_vs_params": "Best val/dice against parameter count",
+    "dice_vs_epoch_time": "The headline Dice against epoch time; the Pareto front (nothing both faster and better) "
+    "joined",
+    "dice_vs_params": "The headline Dice against parameter count",
     "training_curves": "Training curves of every run (one colour per variant, one line per seed)",
     "erf": "Effective receptive fields (|gradient| of the centre output pixel w.r.t. the input, mean over seeds; "
     "log scale, cropped around the centre)",
@@ -60,9 +66,8 @@ class VariantRow:
 
 def load_comparison(experiment: str, parent_run_id: str | None = None) -> tuple[object, list[RunRecord]]:
     """The parent run (the latest comparison unless given) and its FINISHED children."""
-    from lk_segment.compare import PARENT_TAG, ROLE_TAG
+    from lk_segment.tracking import ROLE_TAG, finished_child_runs, tracking_uri
     from lk_segment.tracking import client as mlflow_client
-    from lk_segment.tracking import tracking_uri
 
     client = mlflow_client()
     exp = client.get_experiment_by_name(experiment)
@@ -83,13 +88,7 @@ def load_comparison(experiment: str, parent_run_id: str | None = None) -> tuple[
         parent = parents[0]
     else:
         parent = client.get_run(parent_run_id)
-    runs = client.search_runs(
-        [exp.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time ASC"],
-        max_results=10000,
-    )
-    latest = {(r.data.tags["variant"], int(r.data.tags["seed"])): r for r in runs}  # a retried pair: the last
+    latest = finished_child_runs(client, exp.experiment_id, parent.info.run_id)
     if not latest:
         raise UserError(f"comparison {parent.info.run_id} has no finished training yet: wait for its first run")
     return parent, [_record(client, run) for run in latest.values()]
@@ -160,6 +159,8 @@ def summarise(records: list[RunRecord], order: list[str] | None = None) -> list[
             "images_per_s": [r.images_per_s for r in runs],
             "peak_mem_mb": [r.peak_mem_mb for r in runs],
         }
+        if any(FULL_RES_KEY in r.metrics for r in runs):
+            values["dice_full"] = [r.metrics[FULL_RES_KEY] for r in runs if FULL_RES_KEY in r.metrics]
         for pct in (20, 50, 99):
             key = f"erf/side_{pct}_px"
             if any(key in r.metrics for r in runs):  # over the seeds measured (a collapsed model has no ERF)
@@ -187,15 +188,22 @@ def exceeds_spread(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return abs(a[0] - b[0]) > a[1] + b[1]
 
 
+def headline(rows: list[VariantRow]) -> str:
+    """The stats key the report ranks by: ``dice_full`` (``val/dice_full_best``) where every variant
+    has it, else ``best_dice`` (runs from before full-resolution scoring)."""
+    return "dice_full" if rows and all("dice_full" in r.stats for r in rows) else "best_dice"
+
+
 def pareto_front(rows: list[VariantRow]) -> list[str]:
-    """Variants that no other variant beats on both Dice (higher) and epoch time (lower)."""
+    """Variants that no other variant beats on both the headline Dice (higher) and epoch time (lower)."""
+    key = headline(rows)
 
     def dominated(r: VariantRow) -> bool:
-        d, t = r.stats["best_dice"][0], r.stats["epoch_time_s"][0]
+        d, t = r.stats[key][0], r.stats["epoch_time_s"][0]
         return any(
-            o.stats["best_dice"][0] >= d
+            o.stats[key][0] >= d
             and o.stats["epoch_time_s"][0] <= t
-            and (o.stats["best_dice"][0] > d or o.stats["epoch_time_s"][0] < t)
+            and (o.stats[key][0] > d or o.stats["epoch_time_s"][0] < t)
             for o in rows
             if o is not r
         )
@@ -215,21 +223,22 @@ def conclusions(rows: list[VariantRow]) -> str:
     )
     if seeds < 2:
         rule = "With one seed per variant the seed-to-seed spread is unknown, so no difference below is established."
-    best = max(rows, key=lambda r: r.stats["best_dice"][0])
+    key = headline(rows)
+    best = max(rows, key=lambda r: r.stats[key][0])
     ref = rows[0]
-    parts = [rule, f"Highest best val/dice: {best.variant} ({_pm(best.stats['best_dice'], 4)})."]
-    below = [r for r in rows if r is not best and exceeds_spread(r.stats["best_dice"], best.stats["best_dice"])]
+    parts = [rule, f"Highest {HEADLINES[key]}: {best.variant} ({_pm(best.stats[key], 4)})."]
+    below = [r for r in rows if r is not best and exceeds_spread(r.stats[key], best.stats[key])]
     within = [r for r in rows if r is not best and r not in below]
     if below:
         parts.append(
             "Below it by more than the spread: "
-            + ", ".join(f"{r.variant} ({r.stats['best_dice'][0] - best.stats['best_dice'][0]:+.4f})" for r in below)
+            + ", ".join(f"{r.variant} ({r.stats[key][0] - best.stats[key][0]:+.4f})" for r in below)
             + "."
         )
     if within:
         parts.append(
             "Within the spread of it (not distinguishable at this budget): "
-            + ", ".join(f"{r.variant} ({r.stats['best_dice'][0] - best.stats['best_dice'][0]:+.4f})" for r in within)
+            + ", ".join(f"{r.variant} ({r.stats[key][0] - best.stats[key][0]:+.4f})" for r in within)
             + "."
         )
     faster, slower, same = [], [], []
@@ -248,10 +257,24 @@ def conclusions(rows: list[VariantRow]) -> str:
     described = [f"{label}: {', '.join(items)}" for label, items in groups if items]
     if described:
         parts.append(f"Epoch time against {ref.variant}'s, {'; '.join(described)}.")
-    parts.append(f"Pareto front of Dice against epoch time: {', '.join(pareto_front(rows))}.")
+    if key == "dice_full":
+        parts.append(rankings(rows))
+    parts.append(f"Pareto front of {HEADLINES[key]} against epoch time: {', '.join(pareto_front(rows))}.")
     if not any("erf_50_px" in r.stats for r in rows):
         parts.append("The effective receptive field was not measured for these runs.")
     return " ".join(parts)
+
+
+def rankings(rows: list[VariantRow]) -> str:
+    """The order of the variants by full-resolution Dice against their order by low-resolution Dice."""
+    full = [r.variant for r in sorted(rows, key=lambda r: -r.stats["dice_full"][0])]
+    low = [r.variant for r in sorted(rows, key=lambda r: -r.stats["best_dice"][0])]
+    text = (f"Ranked by the means of {FULL_RES_KEY}: {' > '.join(full)}; by those of the low-resolution best "
+            f"val/dice: {' > '.join(low)}")
+    if full == low:
+        return text + ": the same order."
+    moved = [f"{v} {low.index(v) + 1} -> {full.index(v) + 1}" for v in full if low.index(v) != full.index(v)]
+    return text + f"; places that change (low resolution -> full resolution): {', '.join(moved)}."
 
 
 def _pm(stat: tuple[float, float] | None, digits: int) -> str:
@@ -272,7 +295,8 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
     header = [
         "variant",
         "seeds",
-        "best val/dice",
+        f"{FULL_RES_KEY} (headline)",
+        "best val/dice (training size)",
         "epoch time (s)",
         "images/s",
         mem_kind,
@@ -286,6 +310,7 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
         [
             r.variant,
             str(r.seeds),
+            _pm(r.stats.get("dice_full"), 4),
             _pm(r.stats["best_dice"], 4),
             _pm(r.stats["epoch_time_s"], 2),
             _pm(r.stats["images_per_s"], 1),
@@ -302,7 +327,8 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
 
 
 def write_csv(rows: list[VariantRow], path: Path) -> None:
-    names = ["best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb", "erf_20_px", "erf_50_px", "erf_99_px"]
+    names = ["dice_full", "best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb",
+             "erf_20_px", "erf_50_px", "erf_99_px"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -331,11 +357,12 @@ def plot_scatter(rows: list[VariantRow], x_key: str, path: Path, xlabel: str, fr
     import matplotlib.pyplot as plt
 
     colours = _colours([r.variant for r in rows])
+    key = headline(rows)
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
     points = {}
     for r in rows:
         x = (float(r.params), 0.0) if x_key == "params" else r.stats[x_key]
-        y = r.stats["best_dice"]
+        y = r.stats[key]
         points[r.variant] = (x[0], y[0])
         ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", color=colours[r.variant], capsize=3, label=r.variant)
         ax.annotate(r.variant, (x[0], y[0]), textcoords="offset points", xytext=(5, 5), fontsize=9)
@@ -345,7 +372,7 @@ def plot_scatter(rows: list[VariantRow], x_key: str, path: Path, xlabel: str, fr
     if x_key == "params":
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("best val/dice (mean ± std over seeds)")
+    ax.set_ylabel(f"{HEADLINES[key]} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -409,9 +436,13 @@ def plot_erf(records: list[RunRecord], rows: list[VariantRow], path: Path) -> bo
 
 
 def regenerate_command(parent, experiment: str) -> str:
+    """The ``make compare`` that produced the comparison; the real-data folder written as
+    ``$LK_CARVANA_ROOT`` where it is that variable's value, so a committed report names no machine's path."""
     params = parent.data.params
     overrides = params.get("compare.overrides", "")
     overrides = "" if overrides == "(none)" else overrides
+    if os.environ.get("LK_CARVANA_ROOT"):
+        overrides = overrides.replace(f"data.root={os.environ['LK_CARVANA_ROOT']}", "data.root=$LK_CARVANA_ROOT")
     seeds = params.get("compare.seeds", "0").split()
     seeds_arg = str(len(seeds)) if seeds == [str(i) for i in range(len(seeds))] else '"' + " ".join(seeds) + '"'
     return f'make compare EXPERIMENT={experiment} VARIANTS="{params.get("compare.variants", "")}" SEEDS={seeds_arg}' + (
@@ -510,7 +541,10 @@ def _markdown(
         "| " + " | ".join("---" for _ in header) + " |",
         *["| " + " | ".join(c) + " |" for c in cells],
         "",
-        "Mean ± standard deviation over seeds. best val/dice: the best epoch's Dice over the validation set; "
+        f"Mean ± standard deviation over seeds; the Pareto plot and the conclusions use the headline. {FULL_RES_KEY}: "
+        "the best checkpoint's (by val/dice) mean over the validation photos of each one's Dice at its original "
+        "resolution, its mask made as `make predict` makes it (Kaggle's metric); best val/dice: the best epoch's "
+        "Dice of all validation pixels pooled, at the training size; "
         "epoch time and images/s: median over epochs of the training batches' wall time (validation excluded); "
         f"peak memory: {' / '.join(mem)} peak; params, GFLOPs (one forward pass at the training size), RF "
         "(theoretical receptive field) as logged by the training; ERF: side of the centred square holding 50% / "

@@ -19,6 +19,10 @@ from lk_segment.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+# Tags of a comparison (``make compare``), read back by its report.
+ROLE_TAG = "lk_segment.role"  # "comparison" on the parent run, "training" on its children
+SWEEP_TAG = "lk_segment.sweep"  # hash of what must be identical for runs to be comparable
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under it
 
 
 def tracking_uri() -> str:
@@ -114,6 +118,15 @@ def last_run_id(experiment: str, variant: str) -> str:
         raise UserError(f"resume=last: no run of variant {variant!r} in experiment {experiment!r} of "
                         f"{redact(tracking_uri())}: start one without resume, or give its run id")
     return runs[0].info.run_id
+
+
+def finished_child_runs(client, experiment_id: str, parent_id: str) -> dict[tuple[str, int], object]:
+    """(variant, seed) -> the FINISHED child run of a comparison (the latest where a pair was retried)."""
+    runs = client.search_runs(
+        [experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"], max_results=10000,
+    )
+    return {(r.data.tags["variant"], int(r.data.tags["seed"])): r for r in runs}
 
 
 def find_checkpoint(run_id: str, which: str = "best") -> Path:

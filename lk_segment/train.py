@@ -29,6 +29,7 @@ from lk_segment.data.module import CarvanaDataModule
 from lk_segment.device import check_accelerator, device_name
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
+from lk_segment.full_res import FullResEval
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import (
     CHECKPOINT_ARTIFACT_DIR,
@@ -58,6 +59,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     datamodule = CarvanaDataModule(cfg.data, size_multiple=system.model.size_multiple,
                                    progress=cfg.trainer.enable_progress_bar, seed=cfg.seed)
     _check_training_size(cfg, system.model.size_multiple)
+    full_res = FullResEval(cfg.trainer.full_res_eval_every, progress=cfg.trainer.enable_progress_bar)
     # Bad input stops here, before a run is created or touched: the store, the run to resume, the data.
     prepare_store(cfg.experiment)
     resume_run_id, resume_ckpt = resume_point(cfg) if cfg.resume else (None, None)
@@ -68,16 +70,16 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         run_id=resume_run_id,  # resume: the same run goes on (its tags and params stay as they were)
         experiment_name=cfg.experiment, run_name=cfg.variant, tracking_uri=tracking_uri(),
         artifact_location=artifact_location(),
-        tags={"variant": cfg.variant, "block": cfg.model.block, "kernel_size": str(cfg.model.kernel_size),
-              "seed": str(cfg.seed), **(tags or {})},
+        tags={"variant": cfg.variant, "block": cfg.model.block,
+              "kernel_size": str(cfg.model.kernel_size or "block default"), "seed": str(cfg.seed), **(tags or {})},
     )
     checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor="val/dice", mode="max",
                                  auto_insert_metric_name=False)
     # Every epoch's state as last.ckpt, what resume= starts from (Lightning's save_last=True
     # refreshes it only in the epochs that also write a best-*.ckpt).
     last = ModelCheckpoint(filename="last", save_top_k=1)  # no monitor: keeps the latest
-    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), *callbacks], logger=logger,
-                            default_root_dir=cfg.checkpoint_dir,
+    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), full_res, *callbacks],
+                            logger=logger, default_root_dir=cfg.checkpoint_dir,
                             plugins=[AtomicCheckpointIO()])  # a kill during a save never truncates last.ckpt
     # Building the Trainer set this process's global rank (from torchrun's, SLURM's or Lightning's
     # own launcher's environment), so only now is the run created, by global rank 0 alone: on the
@@ -115,6 +117,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         for path in sorted(ckpt_dir.glob("*.ckpt")):
             logger.experiment.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(full_res.metrics)  # val/dice_full_best: scored after the last logged step
     return {
         "run_id": run_id,
         "global_rank": trainer.global_rank,  # the command line prints from rank 0 only

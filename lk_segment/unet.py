@@ -66,11 +66,11 @@ class BoundaryRefine(nn.Module):
 
 class UNet(nn.Module):
     def __init__(self, block: str = "3x3", *, in_chs: int = 3, num_classes: int = 1,
-                 width: int = 16, depth: int = 4, kernel_size: int = 3, skip: str = "add",
+                 width: int = 16, depth: int = 4, kernel_size: int | None = None, skip: str = "add",
                  block_args: dict | None = None, upsample: str = "transpose", boundary_refine: bool = False,
                  fused: bool = False):
-        """``fused=True`` builds the deploy-time layout (see ``reparameterize``), the one a
-        fused checkpoint's weights load into."""
+        """``kernel_size=None`` leaves each block at its own default k. ``fused=True`` builds the
+        deploy-time layout (see ``reparameterize``), the one a fused checkpoint's weights load into."""
         super().__init__()
         if skip not in ("add", "concat"):
             raise ValueError(f"unknown skip {skip!r}: choose 'add' or 'concat'")
@@ -78,7 +78,7 @@ class UNet(nn.Module):
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.depth, self.skip = depth, skip
         self.in_chs = in_chs  # what an analysis needs to build an input (FLOP counting, ERF)
-        opts = dict(block_args or {}, kernel_size=kernel_size)
+        opts = dict(block_args or {}, **({} if kernel_size is None else {"kernel_size": kernel_size}))
         chs = [width * 2**level for level in range(depth + 1)]  # e.g. 16, 32, 64, 128, 256
 
         self.encoder = nn.ModuleList(
