@@ -43,12 +43,15 @@ def test_peak_memory_is_reset_between_warmup_and_timed_repeats():
 
 
 def test_float32_mode_sets_tf32_and_gives_the_flags_back():
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    def flags() -> tuple:
+        backends = torch.backends
+        return torch.get_float32_matmul_precision(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+
+    before = flags()
     for tf32 in (False, True):
         with float32_mode(tf32):
-            assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
-        assert (matmul.allow_tf32, cudnn.allow_tf32) == before
+            assert flags() == ("high" if tf32 else "highest", tf32, tf32)
+        assert flags() == before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -138,11 +138,17 @@ class PeakMemory:
 @contextmanager
 def float32_mode(tf32: bool) -> Iterator[None]:
     """TF32 for float32 matrix products and convolutions on or off inside, whatever the defaults
-    (cuDNN allows it by default, so a "float32" figure would not be float32); then as before."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    before = (matmul.allow_tf32, cudnn.allow_tf32)
-    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    (cuDNN allows it by default, so a "float32" figure would not be float32); then as before.
+
+    Through ``set_float32_matmul_precision`` and ``cudnn.allow_tf32``: setting
+    ``cuda.matmul.allow_tf32`` after ``set_float32_matmul_precision`` (as a training script
+    may do) makes ``get_float32_matmul_precision`` raise in torch 2.13, and Lightning calls it.
+    """
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
     try:
         yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = before
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
