@@ -59,8 +59,7 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
     peaks = measure_peaks(bcfg.matmul_size, bcfg.copy_mb, device, bcfg.peak_repeats)
     log(f"  peaks: matmul {bcfg.matmul_size}^3 bf16 {peaks.bf16_tflops:.3f} TFLOP/s, float32 "
         f"{peaks.float32_tflops:.3f}; copy {peaks.copy_gbps:.1f} GB/s")
-    costs = {v: training_cost(cfg, tuple(images.shape)) for v, cfg in cfgs.items()}
-    costs.setdefault(bcfg.settings_variant, training_cost(base, tuple(images.shape)))
+    costs = {v: training_cost(cfg, tuple(images.shape)) for v, cfg in {bcfg.settings_variant: base, **cfgs}.items()}
 
     def with_roofline(step: Step, variant: str) -> Step:
         step.roofline = roofline_of(costs[variant], step.setting, step.step_ms, peaks)
