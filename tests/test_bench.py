@@ -84,9 +84,9 @@ def test_gpu_defaults_are_training_size_shapes_and_a_large_matmul():
     bcfg = BenchConfig(height=1024, width=1024, batch_size=8)
     gpu = resolved(bcfg, torch.device("cuda"), width=16, depth=4)
     assert gpu.dw_shapes == [[8, 16, 1024, 1024], [8, 64, 256, 256]]
-    assert (gpu.matmul_size, gpu.copy_mb) == (8192, 1024)
+    assert (gpu.matmul_size, gpu.copy_mb, gpu.peak_repeats) == (8192, 1024, 20)
     cpu = resolved(bcfg, CPU, width=16, depth=4)
-    assert cpu.dw_shapes == [[4, 32, 64, 96]] and cpu.matmul_size == 2048
+    assert cpu.dw_shapes == [[4, 32, 64, 96]] and (cpu.matmul_size, cpu.peak_repeats) == (1024, 5)
     given = resolved(BenchConfig(dw_shapes=[[1, 2, 3, 4]], matmul_size=512), torch.device("cuda"), 16, 4)
     assert given.dw_shapes == [[1, 2, 3, 4]] and given.matmul_size == 512
 
@@ -153,11 +153,11 @@ def test_fused_replk_agrees_with_unfused(tiny_root, workdir):
 
 @requires_replk
 def test_training_cost_counts_large_kernels_as_direct_convolutions(tiny_cfg):
-    shape = (2, 3, 64, 96)
-    costs = {impl: training_cost(tiny_cfg("replk", f"model.block_args.dw_impl={impl}"), shape)
+    shape = (2, 3, 32, 48)
+    costs = {impl: training_cost(tiny_cfg("replk", "model.depth=1", f"model.block_args.dw_impl={impl}"), shape)
              for impl in ("native", "fft", "auto")}  # auto must not time anything on the meta device
     assert costs["fft"] == costs["auto"] == costs["native"]
-    assert costs["native"].flops > training_cost(tiny_cfg("3x3"), shape).flops
+    assert costs["native"].flops > training_cost(tiny_cfg("3x3", "model.depth=1"), shape).flops
 
 
 @requires_replk

@@ -34,9 +34,11 @@ class BenchConfig:
     # figures before this one), GPU the training size: levels 0 and 2 of the U-Net at the step size
     dw_shapes: list[list[int]] | None = None
     dw_repeats: int = 5  # native and FFT timed in turns, median
-    matmul_size: int | None = None  # n of the n x n x n peak matmul; None: 8192 on GPU, 2048 on CPU
+    # n of the n x n x n peak matmul; None: 8192 on GPU, 1024 on CPU (a CPU without AVX-512 BF16
+    # emulates bf16: a 2048^3 product took half a minute on this 2-core AVX2 machine)
+    matmul_size: int | None = None
     copy_mb: int | None = None  # the copy-bandwidth tensor; None: 1024 on GPU, 256 on CPU (beyond caches)
-    peak_repeats: int = 20  # matmuls and copies timed for the peaks (after 5 untimed)
+    peak_repeats: int | None = None  # matmuls and copies timed for the peaks; None: 20 on GPU, 5 on CPU
     tf32: bool = False  # TF32 in the float32 rows (off: they are float32; recorded in the results)
     device: str = "auto"  # auto | cpu | cuda
 
@@ -48,7 +50,8 @@ def resolved(bcfg: BenchConfig, device: torch.device, width: int, depth: int) ->
     level2 = [bcfg.batch_size, 4 * width, h // 4, w // 4]
     shapes = bcfg.dw_shapes or ([[bcfg.batch_size, width, h, w], level2] if gpu else [[4, 32, 64, 96]])
     return replace(bcfg, dw_shapes=[list(s) for s in shapes],
-                   matmul_size=bcfg.matmul_size or (8192 if gpu else 2048),
+                   matmul_size=bcfg.matmul_size or (8192 if gpu else 1024),
+                   peak_repeats=bcfg.peak_repeats or (20 if gpu else 5),
                    copy_mb=bcfg.copy_mb or (1024 if gpu else 256))
 
 
