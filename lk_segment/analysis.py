@@ -35,15 +35,21 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
 
     Counted by ``torch.utils.flop_counter.FlopCounterMode``: a multiply-add is 2 FLOPs, and
     only the matrix products and convolutions count (BatchNorm, activations, pooling and
-    additions are a rounding error beside them). The model is run once in eval mode, so
-    BatchNorm statistics do not move. This is the cost of the architecture, not of one
+    additions are a rounding error beside them). The model runs once in eval mode on meta
+    copies of its parameters and buffers (shapes only, no arithmetic: free at the training
+    size, and nothing of the model moves). This is the cost of the architecture, not of one
     implementation: depthwise convolutions that may run by FFT are counted as direct ones.
     """
-    param = next(model.parameters())
-    x = torch.zeros(1, _in_chs(model), *size, dtype=param.dtype, device=param.device)
+    from itertools import chain
+
+    from torch.func import functional_call
+
+    meta = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(),
+                                                                            model.named_buffers())}
+    x = torch.zeros(1, _in_chs(model), *size, dtype=next(model.parameters()).dtype, device="meta")
     counter = FlopCounterMode(display=False)
     with _eval_mode(model), native_depthwise(model), counter, torch.no_grad():
-        model(x)
+        functional_call(model, meta, (x,))
     return counter.get_total_flops() / 1e9
 
 

@@ -128,8 +128,15 @@ def _bench(args) -> None:
     from lk_segment.bench import bench_config_from, run_bench, table, write_results
 
     options = {k: getattr(args, k) for k in ("variants", "height", "width", "batch_size", "steps", "warmup",
-                                             "pair_turns", "settings", "loader_images", "device")}
-    options["overrides"] = args.overrides
+                                             "pair_turns", "settings", "loader_images", "matmul_size", "copy_mb",
+                                             "dw_kernels", "device")}
+    for key in ("height", "width", "batch_size", "steps", "pair_turns", "loader_images", "matmul_size", "copy_mb"):
+        if options[key] is not None and options[key] < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {options[key]}")
+    if any(k < 1 or k % 2 == 0 for k in args.dw_kernels or []):
+        raise UserError(f"--dw-kernels must be odd and positive (size-keeping kernels), got {args.dw_kernels}")
+    options.update(overrides=args.overrides, tf32=args.tf32, dw_shapes=args.dw_shapes and [
+        _shape(text) for text in args.dw_shapes])
     if args.variants:
         from lk_segment.config import available_variants
 
@@ -140,6 +147,14 @@ def _bench(args) -> None:
     run_id = write_results(results, args.out)
     print(table(results))
     print(f"\n{args.out} written; MLflow run {run_id} in experiment 'bench'")
+
+
+def _shape(text: str) -> list[int]:
+    """'8x16x1024x1024' -> [8, 16, 1024, 1024] (B, C, H, W)."""
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--dw-shapes takes B x C x H x W shapes such as 8x16x1024x1024, got {text!r}")
+    return [int(p) for p in parts]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-turns", type=int, help="turns of the 1x5/5x5 and 3x3/5x5 step-time ratios (default 15)")
     p.add_argument("--settings", nargs="+", help="settings swept on 3x3, e.g. 32 bf16+cl bf16+cl+compile")
     p.add_argument("--loader-images", type=int, help="images decoded for the loader figures")
+    p.add_argument("--matmul-size", type=int, help="n of the n^3 matmul peak (default 8192 on GPU, 2048 on CPU)")
+    p.add_argument("--copy-mb", type=int, help="tensor of the copy bandwidth (default 1024 on GPU, 256 on CPU)")
+    p.add_argument("--dw-kernels", type=int, nargs="+", help="depthwise K of the native/FFT rows (default 7 13 31)")
+    p.add_argument("--dw-shapes", nargs="+", help="BxCxHxW of the depthwise rows (default on GPU: levels 0 and 2 "
+                   "of the U-Net at the step size; on CPU 4x32x64x96)")
+    p.add_argument("--tf32", action="store_true", help="TF32 in the float32 rows (default: off, true float32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every variant, e.g. model.width=8")
     p.set_defaults(func=_bench)

@@ -1,16 +1,14 @@
 """The plain-PyTorch baseline the bench measures the project against.
 
 A U-Net of the same architecture as ``lk_segment.unet.UNet`` for the seed blocks (3x3, 5x5,
-1x5), written the most straightforward way: float32, NCHW, no compile, no Lightning, and its
-own minimal training loop. It shares no code with the project's model on purpose, so that
-"project / reference" measures the project's machinery, not a common cost. Its parameters are
-created in the same order as the project's, so tests can copy weights across and check that
-both compute the same function.
+1x5), written the most straightforward way: float32, NCHW, no compile, no Lightning,
+trained by the bench's minimal loop (``lk_segment.bench.steps.plain_step``). It shares no code
+with the project's model on purpose, so that "project / reference" measures the project's
+machinery, not a common cost. Its parameters are created in the same order as the project's,
+so tests can copy weights across and check that both compute the same function.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 import torch.nn.functional as F
@@ -76,24 +74,3 @@ def reference_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     t = target.flatten(1)
     dice = 1 - (2 * (prob * t).sum(1) + 1) / (prob.sum(1) + t.sum(1) + 1)
     return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
-
-
-def reference_step_times(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                         steps: int, warmup: int) -> list[float]:
-    """Seconds per forward + backward + AdamW step, the plain way, after ``warmup`` steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model.train()
-    times = []
-    for i in range(warmup + steps):
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss = reference_loss(model(images), masks)
-        loss.backward()
-        optimizer.step()
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times

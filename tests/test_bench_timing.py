@@ -1,0 +1,66 @@
+"""The bench's timing primitive, its peak-memory probe and its float32 switch (no time asserted)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lk_segment.bench.timing import PeakMemory, Timing, float32_mode, time_in_turns
+
+CPU = torch.device("cpu")
+
+
+def test_calls_take_turns_after_their_warmup():
+    calls: list[str] = []
+    timings = time_in_turns({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=2,
+                            device=CPU)
+    assert calls == ["a", "b"] * 5  # two untimed turns, then 3 timed ones
+    assert set(timings) == {"a", "b"} and all(len(t.samples_ms) == 3 for t in timings.values())
+
+
+def test_timing_reports_the_median_of_its_repeats():
+    assert Timing([5.0, 1.0, 3.0]).median_ms == 3.0
+    assert Timing([4.0, 1.0]).median_ms == 2.5
+
+
+def test_peak_memory_is_reset_between_warmup_and_timed_repeats():
+    from lk_segment import malloc
+
+    if not malloc.tune_malloc():
+        pytest.skip("glibc only: elsewhere malloc is not tuned and gives freed memory back itself")
+    sizes_mb = iter([200, 20])  # the warm-up allocates 200 MB, the timed repeat 20 MB
+
+    def allocate() -> None:
+        block = torch.ones(next(sizes_mb) * 2**20 // 4)
+        del block
+
+    with PeakMemory(CPU) as memory:
+        time_in_turns({"allocate": allocate}, repeats=1, warmup=1, device=CPU, memory=memory)
+    with PeakMemory(CPU) as whole:  # without a reset after the warm-up the 200 MB would count
+        sizes_mb = iter([200])
+        allocate()
+    assert memory.peak_mb < whole.peak_mb - 100
+
+
+def test_float32_mode_sets_tf32_and_gives_the_flags_back():
+    def flags() -> tuple:
+        backends = torch.backends
+        return torch.get_float32_matmul_precision(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+
+    before = flags()
+    for tf32 in (False, True):
+        with float32_mode(tf32):
+            assert flags() == ("high" if tf32 else "highest", tf32, tf32)
+        assert flags() == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_events_time_the_stream():
+    device = torch.device("cuda")
+    x = torch.randn(2048, 2048, device=device)
+    timings = time_in_turns({"matmul": lambda: x @ x}, repeats=3, warmup=1, device=device)
+    assert len(timings["matmul"].samples_ms) == 3
+    with PeakMemory(device) as memory:
+        y = torch.empty(256 * 2**20 // 4, device=device)
+        del y
+    assert memory.peak_mb >= 256
