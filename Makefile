@@ -35,7 +35,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict evaluate ui test lint variants readme-variants erf bench gpu-check clean
+.PHONY: help install train predict evaluate ui server test lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,10 +89,11 @@ evaluate: $(STAMP) ## mean per-image Dice at full resolution: make evaluate RUN=
 	$(BIN)/lk-segment evaluate $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --data "$(DATA)" \
 		--out "$(EVAL_OUT)" --device $(DEVICE) $(if $(TTA),--tta)
 
-ui: $(STAMP) ## MLflow UI over the tracking store on http://127.0.0.1:5000 (PORT= to change)
-	mkdir -p mlruns/artifacts
-	$(BIN)/mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root ./mlruns/artifacts \
-		--host $(HOST) --port $(PORT)
+ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=)
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" $(BIN)/lk-segment ui --host $(HOST) --port $(PORT)
+
+server: $(STAMP) ## MLflow tracking server for several machines: MLFLOW_TRACKING_URI=http://<host>:$(PORT) on each (HOST=0.0.0.0)
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" $(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT)
 
 variants: $(STAMP) ## the kernel variants: params, GFLOPs, theoretical receptive field
 	$(BIN)/lk-segment variants

@@ -109,9 +109,8 @@ def resume_point(cfg) -> tuple[str, Path]:
     run_id = last_run_id(cfg.experiment, cfg.variant) if cfg.resume == "last" else cfg.resume
     get_run(run_id, hint="(resume=<run id> or resume=last)")
     path = Path(cfg.checkpoint_dir) / run_id / "last.ckpt"
-    if not path.is_file():
-        raise UserError(f"cannot resume run {run_id!r}: no {str(path)!r} (did it finish an epoch on this machine, "
-                        "with the same checkpoint_dir?); start a new run without resume")
+    if not path.is_file():  # the run may have trained on another machine: its last.ckpt is in the store
+        fetch_last_checkpoint(run_id, path)
     checkpoint = load_checkpoint(path)
     trained = (checkpoint.get("hyper_parameters") or {}).get("model")
     wanted = OmegaConf.to_container(cfg.model, resolve=True)
@@ -121,6 +120,28 @@ def resume_point(cfg) -> tuple[str, Path]:
                         f"(differs in {', '.join('model.' + k for k in diff)}); resume with the run's own config "
                         "(its config.yaml artifact)")
     return run_id, path
+
+
+def fetch_last_checkpoint(run_id: str, path: Path) -> None:
+    """Download the run's ``checkpoints/last.ckpt`` artifact to ``path`` (atomically), or say why not."""
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from lk_segment.tracking import CHECKPOINT_ARTIFACT_DIR, tracking_uri
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{CHECKPOINT_ARTIFACT_DIR}/last.ckpt", dst_path=tmp,
+                tracking_uri=tracking_uri())
+        except (MlflowException, OSError) as exc:
+            raise UserError(f"cannot resume run {run_id!r}: no {str(path)!r} here and no checkpoints/last.ckpt among "
+                            "its artifacts (did it finish an epoch?); start a new run without resume") from exc
+        shutil.move(local, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,4 +1,4 @@
-"""The ``lk-segment`` command: train, predict, evaluate, config, variants, erf, compare, report.
+"""The ``lk-segment`` command: train, predict, evaluate, config, variants, erf, compare, report, bench, ui.
 
 A mistake the user can fix (a bad key, a missing folder, an unknown run id) prints one line
 that names it and exits with status 2; ``--debug`` shows the traceback instead.
@@ -52,6 +52,35 @@ def _evaluate(args) -> None:
     print(format_table(result, f"run {args.run}" if args.run else str(ckpt), args.data, args.tta))
     print(f"  logged to run {args.run} under {result['prefix']}" if args.run else
           "  not logged to MLflow (give --run <id> instead of --ckpt to log it to the run)")
+
+
+def _ui(args) -> None:
+    """Print the page to open, then become ``mlflow server`` over the project's store."""
+    from lk_segment.tracking import experiment_urls, tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:"):
+        raise UserError(f"make ui/server serve the project's SQLite store; MLFLOW_TRACKING_URI is {uri!r}: "
+                        "unset it, or open that store's own UI")
+    os.makedirs("mlruns/artifacts", exist_ok=True)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    base = f"http://{shown}:{args.port}"
+    urls = experiment_urls(base)
+    print(f"lk-segment: open {urls.get(args.experiment, base)}", flush=True)
+    print(f"  the training runs of experiment {args.experiment!r}, best val/dice first; the Chart view beside the "
+          "table plots every metric", flush=True)
+    for name, url in urls.items():
+        if name != args.experiment:
+            print(f"  experiment {name!r}: {url}", flush=True)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    if args.server:  # artifacts go through the server: other machines need no access to this disk
+        cmd += ["--artifacts-destination", "./mlruns/artifacts"]
+        if args.host not in ("127.0.0.1", "localhost"):
+            cmd += ["--allowed-hosts", f"{args.allowed_hosts or '*'}"]
+    else:
+        cmd += ["--default-artifact-root", "./mlruns/artifacts"]
+    os.execv(sys.executable, cmd)
 
 
 def _config(args) -> None:
@@ -188,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as predict --tta")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("ui", help="MLflow UI (or, with --server, a tracking server) over the project's store")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--experiment", default="lk_segment", help="experiment whose page is printed first "
+                   "(default lk_segment)")
+    p.add_argument("--server", action="store_true", help="a tracking server for several machines: artifacts are "
+                   "uploaded through it (--artifacts-destination)")
+    p.add_argument("--allowed-hosts", help="with --server on another --host: Host headers to accept (default *)")
+    p.set_defaults(func=_ui)
 
     p = sub.add_parser("config", help="print the resolved config")
     p.add_argument("--variant", "-v", default=None)

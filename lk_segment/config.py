@@ -93,6 +93,13 @@ class TrainerConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # MLflow's system metrics (system/cpu_utilization_percentage, system/gpu_*, ...) sampled this
+    # often during training, from the rank that owns the run; 0 turns them off
+    system_metrics_interval_s: float = 10.0
+
+
+@dataclass
 class Config:
     variant: str = "3x3"  # the configs/variant file that was merged (also the run's name)
     seed: int = 0
@@ -105,6 +112,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def available_variants() -> list[str]:

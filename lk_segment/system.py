@@ -147,7 +147,8 @@ class SegmentationSystem(L.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"], fused=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg["warmup_fraction"]))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # the name is the metric LearningRateMonitor logs it under, every step
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_dice"] = self.best_dice

@@ -47,6 +47,7 @@ def prepare_store(experiment: str) -> None:
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
+        _check_served_artifacts(experiment)
     elif uri.startswith("sqlite:///"):
         import fcntl
         import sqlite3
@@ -72,6 +73,38 @@ def prepare_store(experiment: str) -> None:
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"MLflow store {redact(uri)} is not a readable SQLite database ({exc}): "
                                 "set MLFLOW_TRACKING_URI to another store") from exc
+
+
+# MLflow 3's UI opens an experiment in its GenAI view (traces, evaluations) unless the experiment
+# says it holds model training; the runs table and charts are then its first screen.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def mark_training_experiment(mlflow_client, experiment_id: str) -> None:
+    """Tag the experiment as model training (once), so the UI opens on its runs."""
+    experiment = mlflow_client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+        mlflow_client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def experiment_urls(base_url: str) -> dict[str, str]:
+    """{experiment name: the UI page of its training runs, best ``val/dice`` first}, newest experiment first."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE",
+                       "orderByKey": "metrics.`val/dice`", "orderByAsc": "false"})
+    experiments = client().search_experiments(order_by=["creation_time DESC"])
+    return {e.name: f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?{query}" for e in experiments
+            if e.name != "Default"}
+
+
+def _check_served_artifacts(experiment: str) -> None:
+    """Against a server, the experiment's artifacts must go through it, not to a folder of one machine."""
+    found = client().get_experiment_by_name(experiment)
+    if found is not None and found.artifact_location.startswith("file:"):
+        raise UserError(f"experiment {experiment!r} on {redact(tracking_uri())} keeps its artifacts in a local "
+                        f"folder ({found.artifact_location}) that other machines cannot write: log to another "
+                        "experiment (experiment=<name>), created through the server (make server)")
 
 
 def _check_server(uri: str, timeout_s: float = 5.0) -> None:
@@ -146,7 +179,16 @@ def find_checkpoint(run_id: str, which: str = "best") -> Path:
 
 
 class RunLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger, but a run ends KILLED after Ctrl-C (FAILED after an exception)."""
+    """Lightning's MLFlowLogger, but a run ends KILLED after Ctrl-C (FAILED after an exception), and
+    each checkpoint reaches the run's ``checkpoints/`` artifacts as soon as it is written."""
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # Lightning calls this on global rank 0 after each save of a ModelCheckpoint; ours keep one
+        # file each (save_top_k=1), so its best_model_path is the file just written: every epoch's
+        # last.ckpt, each new best-*.ckpt. A run killed on this machine resumes on another from it.
+        path = checkpoint_callback.best_model_path
+        if path and os.path.isfile(path):
+            self.experiment.log_artifact(self.run_id, path, CHECKPOINT_ARTIFACT_DIR)
 
     def finalize(self, status: str = "success") -> None:
         # Lightning calls finalize("failed") from inside its exception handler: the exception

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -30,11 +30,12 @@ from lk_segment.device import check_accelerator, device_name
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
 from lk_segment.full_res import FullResEval
+from lk_segment.run_records import DataLineage, SystemMetrics
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import (
-    CHECKPOINT_ARTIFACT_DIR,
     RunLogger,
     artifact_location,
+    mark_training_experiment,
     prepare_store,
     redact,
     tracking_uri,
@@ -78,7 +79,10 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     # Every epoch's state as last.ckpt, what resume= starts from (Lightning's save_last=True
     # refreshes it only in the epochs that also write a best-*.ckpt).
     last = ModelCheckpoint(filename="last", save_top_k=1)  # no monitor: keeps the latest
-    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), full_res, *callbacks],
+    resumed = resume_run_id is not None
+    records = [LearningRateMonitor(logging_interval="step"),  # train/lr, every step
+               SystemMetrics(cfg.tracking.system_metrics_interval_s, resume=resumed), DataLineage(resume=resumed)]
+    trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), full_res, *records, *callbacks],
                             logger=logger, default_root_dir=cfg.checkpoint_dir,
                             plugins=[AtomicCheckpointIO()])  # a kill during a save never truncates last.ckpt
     # Building the Trainer set this process's global rank (from torchrun's, SLURM's or Lightning's
@@ -97,6 +101,8 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     params["trainer.device_name"] = device_name(trainer.strategy.root_device)  # what it really trained on
     params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
     try:
+        if trainer.is_global_zero:
+            mark_training_experiment(logger.experiment, logger.experiment_id)
         if resume_run_id is None:
             logger.log_hyperparams(params)
             _log_config_artifact(logger, cfg)
@@ -112,10 +118,6 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     _fit(trainer, system, datamodule, resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
-    ckpt_dir = Path(checkpoint.dirpath)
-    if trainer.is_global_zero:
-        for path in sorted(ckpt_dir.glob("*.ckpt")):
-            logger.experiment.log_artifact(run_id, str(path), CHECKPOINT_ARTIFACT_DIR)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(full_res.metrics)  # val/dice_full_best: scored after the last logged step
     return {

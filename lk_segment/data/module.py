@@ -174,6 +174,7 @@ class CarvanaDataModule(L.LightningDataModule):
         train = [s for s in train if s.image not in unusable]  # filtered after the split: it stays put
         val = [s for s in val if s.image not in unusable]
         index = {s: i for i, s in enumerate(samples)}
+        self.train_samples, self.val_samples = train, val  # what the run logs as its dataset inputs
         self.train_cars = sorted({s.car for s in train})
         self.val_cars = sorted({s.car for s in val})
         aug = train_augmentation() if self.cfg.augment and self.cfg.augment_on == "cpu" else None  # gpu: system

@@ -1,0 +1,138 @@
+"""`make server` / `make ui`: the page they print, and trainings that log through the server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lk_segment.config import load_config
+from lk_segment.errors import UserError
+from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, prepare_store
+from lk_segment.train import train
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow  # each test starts an MLflow server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], cwd: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """``lk-segment ui ARGS`` in ``cwd``, once it answers; (process, the first line it printed)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
+    cmd = [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    first = ""
+    while proc.poll() is None and not first.startswith("lk-segment: open"):
+        first = proc.stdout.readline()  # MLflow may first log that it creates the store's tables
+    deadline = time.time() + 240  # a loaded 2-core machine takes a while to start it
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, first
+        except OSError:
+            time.sleep(1)
+    stop(proc)
+    pytest.fail(f"lk-segment ui {' '.join(args)} did not answer on port {port}: {first}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # mlflow server runs its workers in child processes
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`make server` on a free port in a fresh folder; yields (url, folder)."""
+    port = free_port()
+    proc, _ = start(["--server"], tmp_path, port)
+    yield f"http://127.0.0.1:{port}", tmp_path
+    stop(proc)
+
+
+def test_a_training_against_the_server_uploads_its_artifacts_through_it(server, tiny_root, tmp_path_factory,
+                                                                         monkeypatch):
+    url, served = server
+    work = tmp_path_factory.mktemp("client")  # another "machine": its own folder, no access to the store
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    result = train(load_config("3x3", tiny_overrides(tiny_root, "experiment=multi")))
+    client = MlflowClient(url)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    uploaded = list((served / "mlruns" / "artifacts").rglob("last.ckpt"))
+    assert len(uploaded) == 1 and result["run_id"] in str(uploaded[0])  # on the server's disk
+    assert not (work / "mlruns").exists()  # nothing of the store on the client's
+
+
+def test_an_experiment_with_local_artifacts_is_refused_against_a_server(server, monkeypatch):
+    url, _ = server
+    local = "file:///nowhere/mlruns/artifacts"
+    MlflowClient(url).create_experiment("local", artifact_location=local)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    with pytest.raises(UserError, match="other machines cannot write"):
+        prepare_store("local")
+
+
+def test_make_ui_prints_the_training_runs_page(tiny_root, workdir):
+    result = train(load_config("3x3", tiny_overrides(tiny_root)))
+    experiment_id = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(result["run_id"]).info.experiment_id
+    port = free_port()
+    proc, first = start(["--experiment", "test"], workdir, port)
+    try:
+        url = re.search(r"open (\S+)", first).group(1)
+        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?")
+        assert "workflowType=machine_learning" in url and "val%2Fdice" in url
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        stop(proc)
+
+
+def test_a_run_killed_on_one_machine_resumes_on_another_through_the_server(server, tiny_root, tmp_path_factory):
+    from tests.test_hardening import EPOCH_METRICS, STOPPING_TRAINING, _overrides, _wait_for
+
+    url, _ = server
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_TRACKING_URI": url,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    overrides = _overrides(tiny_root, "trainer.max_epochs=2", "experiment=multi")
+    first, second = tmp_path_factory.mktemp("machine_a"), tmp_path_factory.mktemp("machine_b")
+    proc = subprocess.Popen([sys.executable, "-c", STOPPING_TRAINING, "sigkill", *overrides], cwd=first, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(first / "mid-epoch", proc)  # epoch 0's checkpoints are written (and uploaded) by then
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    client = MlflowClient(url)
+    (killed,) = client.search_runs([client.get_experiment_by_name("multi").experiment_id])
+    run_id = killed.info.run_id
+    assert killed.info.status == "RUNNING"
+    assert "checkpoints/last.ckpt" in {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+
+    resumed = subprocess.run([sys.executable, "-m", "lk_segment", "train", "-v", "3x3", *overrides,
+                              f"resume={run_id}"], cwd=second, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([killed.info.experiment_id])) == 1  # the same run went on
+    for key in EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)) == 2, key  # each epoch once
