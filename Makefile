@@ -18,6 +18,9 @@ ARGS ?=
 PORT ?= 5000
 HOST ?= 127.0.0.1
 RUN ?=
+MODEL ?=
+NAME ?= lk-segment
+ALIAS ?= champion
 RESUME ?=
 CKPT ?=
 INPUT ?=
@@ -35,7 +38,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict evaluate ui server test lint variants readme-variants erf bench gpu-check clean
+.PHONY: help install train predict evaluate register ui server test lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,15 +82,20 @@ compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the 
 report: $(STAMP) ## results table, plots, conclusions of a comparison from MLflow alone: make report EXPERIMENT=compare
 	$(BIN)/lk-segment report $(EXPERIMENT) $(ARGS)
 
-predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>) INPUT=<dir of .jpg> OUT=<dir> [DEVICE=cpu|cuda] [TTA=1]
+predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<path>, MODEL=models:/lk-segment@champion) INPUT=<dir of .jpg> OUT=<dir> [DEVICE=cpu|cuda] [TTA=1]
 	@test -n "$(INPUT)" || { echo "make predict needs INPUT=<folder of .jpg>"; exit 2; }
-	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --input "$(INPUT)" --out "$(OUT)" \
+	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) $(if $(MODEL),--model "$(MODEL)") \
+		--input "$(INPUT)" --out "$(OUT)" \
 		--device $(DEVICE) $(if $(TTA),--tta)
 
 evaluate: $(STAMP) ## mean per-image Dice at full resolution: make evaluate RUN=<id> (or CKPT=<path>) DATA=<Kaggle-layout dir> [TTA=1]
 	@test -n "$(DATA)" || { echo "make evaluate needs DATA=<folder with train/*.jpg and train_masks/*_mask.gif>"; exit 2; }
 	$(BIN)/lk-segment evaluate $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --data "$(DATA)" \
 		--out "$(EVAL_OUT)" --device $(DEVICE) $(if $(TTA),--tta)
+
+register: $(STAMP) ## register a run's MLflow model: make register RUN=<id> [NAME=lk-segment] [ALIAS=champion]
+	@test -n "$(RUN)" || { echo "make register needs RUN=<run id>"; exit 2; }
+	$(BIN)/lk-segment register --run $(RUN) --name "$(NAME)" --alias "$(ALIAS)"
 
 ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=)
 	MLFLOW_TRACKING_URI="$(TRACKING_URI)" $(BIN)/lk-segment ui --host $(HOST) --port $(PORT)

@@ -32,9 +32,15 @@ def _predict(args) -> None:
     from lk_segment.predict import predict_folder
     from lk_segment.tracking import find_checkpoint
 
-    if bool(args.run) == bool(args.ckpt):
-        raise UserError("give exactly one of --run <mlflow run id> or --ckpt <path to a .ckpt>")
-    ckpt = args.ckpt or find_checkpoint(args.run)
+    if sum(map(bool, (args.run, args.ckpt, args.model))) != 1:
+        raise UserError("give exactly one of --run <mlflow run id>, --ckpt <path to a .ckpt> or --model "
+                        "<models:/name@alias>")
+    if args.model:
+        from lk_segment.model_registry import weights_of
+
+        ckpt = weights_of(args.model)
+    else:
+        ckpt = args.ckpt or find_checkpoint(args.run)
     csv_path = predict_folder(ckpt, args.input, args.out, device=args.device, tta=args.tta,
                               batch_size=args.batch_size)
     print(f"masks and {csv_path} written")
@@ -52,6 +58,15 @@ def _evaluate(args) -> None:
     print(format_table(result, f"run {args.run}" if args.run else str(ckpt), args.data, args.tta))
     print(f"  logged to run {args.run} under {result['prefix']}" if args.run else
           "  not logged to MLflow (give --run <id> instead of --ckpt to log it to the run)")
+
+
+def _register(args) -> None:
+    from lk_segment.model_registry import register
+
+    version = register(args.run, args.name, args.alias or None)
+    alias = f", alias {args.alias!r}" if args.alias else ""
+    print(f"run {args.run}'s model registered as {args.name!r} version {version}{alias}: "
+          f"make predict MODEL=models:/{args.name}{'@' + args.alias if args.alias else '/' + version} INPUT=...")
 
 
 def _ui(args) -> None:
@@ -199,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="masks and submission.csv from a trained run or checkpoint")
     p.add_argument("--run", help="MLflow run id (its best checkpoint is used)")
     p.add_argument("--ckpt", help="path to a .ckpt file")
+    p.add_argument("--model", help="a logged or registered MLflow model: models:/<name>@<alias>, "
+                   "models:/<name>/<version> or runs:/<run id>/model")
     p.add_argument("--input", required=True, help="folder of .jpg images")
     p.add_argument("--out", required=True, help="folder for <name>_mask.png and submission.csv")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
@@ -217,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as predict --tta")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("register", help="register a run's MLflow model in the model registry, with an alias")
+    p.add_argument("--run", required=True, help="MLflow run id")
+    p.add_argument("--name", default="lk-segment", help="registered model name (default lk-segment)")
+    p.add_argument("--alias", default="champion", help="alias set on the new version (default champion; '' for none)")
+    p.set_defaults(func=_register)
 
     p = sub.add_parser("ui", help="MLflow UI (or, with --server, a tracking server) over the project's store")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

@@ -98,6 +98,7 @@ def compare(
 
     Returns the parent run id, the pairs trained now and skipped, and the report's files.
     """
+    from lk_segment.model_registry import register_comparison
     from lk_segment.report import write_report
     from lk_segment.tracking import client as mlflow_client
 
@@ -153,10 +154,15 @@ def compare(
         client.set_terminated(parent_id, "FAILED" if failed and status == "FINISHED" else status)
 
     out_dir = Path(report_dir) if report_dir is not None else Path("reports") / experiment
-    report = None
+    report, registered = None, {}
     if len(finished) + len(todo) > len(failed):
         report = write_report(experiment, out_dir, parent_run_id=parent_id)
         print(f"[compare] report written to {report['markdown']} and logged to parent run {parent_id}", flush=True)
+        registered = register_comparison(experiment, parent_id)
+        if registered:
+            champion = next(iter(registered))
+            print(f"[compare] registered model {experiment!r}: {len(registered)} variant(s), champion {champion} "
+                  f"(make predict MODEL=models:/{experiment}@champion)", flush=True)
     if failed:
         names = ", ".join(f"{p.variant} seed {p.seed}" for p in failed)
         raise UserError(
@@ -168,6 +174,7 @@ def compare(
         "trained": [p for p in todo if p not in failed],
         "skipped": sorted(finished, key=lambda p: (variants.index(p.variant), p.seed)),
         "report": report,
+        "registered": registered,  # variant -> version of the registered model <experiment>
     }
 
 

@@ -97,6 +97,9 @@ class TrackingConfig:
     # MLflow's system metrics (system/cpu_utilization_percentage, system/gpu_*, ...) sampled this
     # often during training, from the rank that owns the run; 0 turns them off
     system_metrics_interval_s: float = 10.0
+    # the best checkpoint's model, fused, as the run's MLflow model ("model": mlflow.pyfunc.load_model,
+    # mlflow models serve, the registry); a few seconds at the end of a run
+    log_model: bool = True
 
 
 @dataclass

@@ -118,6 +118,10 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     _fit(trainer, system, datamodule, resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
+    if trainer.is_global_zero and cfg.tracking.log_model and checkpoint.best_model_path:
+        from lk_segment.serving import log_model
+
+        log_model(run_id, checkpoint.best_model_path, tracking_uri())  # runs:/<run id>/model
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(full_res.metrics)  # val/dice_full_best: scored after the last logged step
     return {

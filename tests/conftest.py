@@ -36,7 +36,9 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
     return [
         f"data.root={root}", "data.height=64", "data.batch_size=8", "data.augment=false",
         "model.width=4", "model.depth=3", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-        "experiment=test", *extra,
+        "experiment=test",
+        "tracking.log_model=false",  # a few seconds a run; tests/test_mlflow_model.py logs and serves one
+        *extra,
     ]
 
 
@@ -87,6 +89,7 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        overrides = [o for o in tiny_overrides(tiny_root) if not o.startswith("experiment=")]
+        # with their MLflow models: the sweep registers them (tests/test_registry.py)
+        overrides = [o for o in tiny_overrides(tiny_root, "tracking.log_model=true") if not o.startswith("experiment=")]
         result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report", workers=2)
     return {"work": work, "uri": uri, "experiment": "tiny_compare", "overrides": overrides, **result}

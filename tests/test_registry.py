@@ -1,0 +1,68 @@
+"""The model registry: make compare registers its variants and names a champion; make register;
+make predict MODEL=models:/<name>@<alias>."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lk_segment.cli import main
+from lk_segment.errors import UserError
+from lk_segment.model_registry import register
+from lk_segment.report import headline, load_comparison, summarise
+
+pytestmark = pytest.mark.slow  # they read the trained tiny comparison
+
+
+@pytest.fixture
+def in_comparison(tiny_comparison, monkeypatch):
+    monkeypatch.chdir(tiny_comparison["work"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_comparison["uri"])
+    return tiny_comparison
+
+
+def test_compare_registers_each_variant_and_the_best_as_champion(in_comparison):
+    name = in_comparison["experiment"]
+    client = MlflowClient(in_comparison["uri"])
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert sorted(v.tags["variant"] for v in versions) == ["1x5", "3x3"]
+    assert in_comparison["registered"] and set(in_comparison["registered"]) == {"1x5", "3x3"}
+    rows = summarise(load_comparison(name, in_comparison["parent_run_id"])[1])
+    key = headline(rows)
+    best = max(rows, key=lambda r: r.stats[key][0]).variant
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.tags["variant"] == best
+
+
+def test_predict_from_the_registry_writes_the_champion_runs_masks(in_comparison, tiny_root, tmp_path):
+    name = in_comparison["experiment"]
+    champion = MlflowClient(in_comparison["uri"]).get_model_version_by_alias(name, "champion")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "synth0001_03.jpg").write_bytes((tiny_root / "train" / "synth0001_03.jpg").read_bytes())
+    assert main(["predict", "--model", f"models:/{name}@champion", "--input", str(inputs),
+                 "--out", str(tmp_path / "registry"), "--device", "cpu"]) == 0
+    assert main(["predict", "--run", champion.tags["run_id"], "--input", str(inputs),
+                 "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    a = (tmp_path / "registry" / "submission.csv").read_text()
+    b = (tmp_path / "run" / "submission.csv").read_text()
+    assert a == b and len(a.splitlines()) == 2  # the same masks (the run's best checkpoint, fused)
+
+
+def test_make_register_adds_a_version_with_its_alias(in_comparison, capsys):
+    run_id = next(iter(load_comparison(in_comparison["experiment"])[1])).run_id
+    assert main(["register", "--run", run_id, "--name", "lk-test", "--alias", "staging"]) == 0
+    assert "models:/lk-test@staging" in capsys.readouterr().out
+    version = MlflowClient(in_comparison["uri"]).get_model_version_by_alias("lk-test", "staging")
+    assert version.tags["run_id"] == run_id
+    assert np.isfinite(float(version.version))
+
+
+def test_a_run_without_a_model_cannot_be_registered(in_comparison):
+    client = MlflowClient(in_comparison["uri"])
+    run_id = client.create_run(client.create_experiment("bare")).info.run_id
+    with pytest.raises(UserError, match="has no MLflow model"):
+        register(run_id)
+    with pytest.raises(UserError, match="no lk_segment model"):
+        main(["--debug", "predict", "--model", "models:/nothing@champion", "--input", ".", "--out", "o"])
