@@ -63,7 +63,7 @@ def test_every_run_logs_its_model_with_a_signature(logged):
     from mlflow.models import get_model_info
 
     info = get_model_info(f"runs:/{result['run_id']}/model")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, -1, -1, 3]
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, -1, 3]
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     assert MlflowClient(uri).get_run(result["run_id"]).info.status == "FINISHED"
 
@@ -93,7 +93,9 @@ def test_the_model_predicts_in_a_fresh_process_from_its_own_code(logged, tmp_pat
 def test_mlflow_models_serve_answers_with_the_mask_of_a_real_photo(logged, tmp_path):
     result, uri, photo = logged
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # the scoring server runs `uvicorn` from PATH: the environment's own bin folder, as when it is activated
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m",
                              f"runs:/{result['run_id']}/model", "--env-manager", "local", "-h", "127.0.0.1",
