@@ -249,7 +249,7 @@ def training_flops(cfg: DictConfig, images: torch.Tensor) -> float:
     depthwise kernels counted as direct convolutions whichever way they would run."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lk_segment.analysis import native_depthwise
+    from lk_segment.analysis.flops import native_depthwise
     from lk_segment.system import build_model
 
     model = build_model(to_container(cfg)["model"]).to(images.device)
