@@ -25,7 +25,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict ui test lint variants readme-variants erf bench clean
+.PHONY: help install train predict ui test test-fast lint variants readme-variants erf bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,8 +74,11 @@ erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run
 bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENCH_OUT=bench.json ARGS="--variants 3x3"
 	$(BIN)/lk-segment bench --out "$(BENCH_OUT)" $(ARGS)
 
-test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
+test: $(STAMP) ## the whole test suite, before a commit (LK_CARVANA_ROOT for the real-data tests; TEST_ARGS="-p randomly" shuffles)
 	$(BIN)/python -m pytest $(TEST_ARGS)
+
+test-fast: $(STAMP) ## the tests that train nothing and start nothing, under a minute: while working
+	$(BIN)/python -m pytest -m "not slow" $(TEST_ARGS)
 
 # ruff check only: the code is laid out by hand (dense argument lists at 120 columns), which
 # ruff format would rewrite one argument per line.
