@@ -38,7 +38,7 @@ TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: help install train predict evaluate register ui server test lint variants readme-variants erf bench gpu-check clean
+.PHONY: help install train predict evaluate register ui server test test-fast lint variants readme-variants erf bench gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -120,8 +120,11 @@ bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENC
 gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, bench, loader, predict) into gpu-check/ (no GPU: small CPU mode)
 	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
-test: $(STAMP) ## run the test suite (set LK_CARVANA_ROOT for the real-data tests)
+test: $(STAMP) ## the whole test suite, before a commit (LK_CARVANA_ROOT for the real-data tests; TEST_ARGS="-p randomly" shuffles)
 	$(BIN)/python -m pytest $(TEST_ARGS)
+
+test-fast: $(STAMP) ## the tests that train nothing and start nothing, under a minute: while working
+	$(BIN)/python -m pytest -m "not slow" $(TEST_ARGS)
 
 # ruff check only: the code is laid out by hand (dense argument lists at 120 columns), which
 # ruff format would rewrite one argument per line.

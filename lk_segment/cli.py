@@ -107,7 +107,7 @@ def _config(args) -> None:
 
 
 def _variants(args) -> None:
-    from lk_segment.analysis import format_table, replace_readme_table, variants_table
+    from lk_segment.analysis.variants import format_table, replace_readme_table, variants_table
 
     rows = variants_table(args.width, args.height, args.depth)
     table = format_table(rows, markdown=args.markdown or bool(args.readme))
@@ -125,7 +125,7 @@ def _variants(args) -> None:
 
 
 def _erf(args) -> None:
-    from lk_segment.analysis import erf_metric_name, erf_of_run, erf_of_variant
+    from lk_segment.analysis.erf import erf_metric_name, erf_of_run, erf_of_variant
 
     if bool(args.run) == bool(args.variant):
         raise UserError("give exactly one of --run <mlflow run id> or --variant <name> (a freshly initialised model)")

@@ -31,7 +31,6 @@ from lk_segment.errors import UserError
 from lk_segment.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, finished_child_runs
 
 ERF_IMAGES = 8  # validation images (spread over the cars) the effective receptive field is averaged over
-ERF_FRACTIONS = (0.2, 0.5, 0.99)  # sides of the centred squares holding these shares of the ERF
 
 
 @dataclass(frozen=True)
@@ -304,39 +303,21 @@ def _train_child(job: dict) -> None:
 
 
 def measure_erf(checkpoint: str, run_id: str) -> dict[float, int] | None:
-    """Log the trained model's ERF on its validation images: ``erf/side_<p>_px`` and ``erf/erf.npy``.
+    """Log the trained model's ERF to its run (``lk_segment.analysis.erf.erf_of_checkpoint``).
 
-    The map itself is kept (not only its PNG) so that the report can draw every variant's
-    side by side from MLflow alone. Returns None, saying so, without lk_segment.analysis.
+    A collapsed model, whose centre logit has no gradient, is said and left unmeasured (None)
+    rather than ending the sweep.
     """
-    try:
-        from lk_segment import analysis
-    except ImportError:
-        print("[compare] lk_segment.analysis is missing: the effective receptive field is not measured", flush=True)
-        return None
     import tempfile
 
-    import numpy as np
+    from lk_segment.analysis.erf import erf_of_checkpoint
 
-    from lk_segment.predict import load_system
-    from lk_segment.tracking import client as mlflow_client
-
-    system = load_system(checkpoint)
-    images = analysis.validation_images(system.hparams["data"], system.model.size_multiple, ERF_IMAGES)
-    erf = analysis.erf_map(system.model, images)
-    try:
-        sides = analysis.erf_sides(erf, fractions=ERF_FRACTIONS)
-    except ValueError as exc:  # e.g. a collapsed model whose output ignores its input
-        print(f"[compare] effective receptive field not measured for run {run_id}: {exc}", flush=True)
-        return None
-    client = mlflow_client()
-    for fraction, side in sides.items():
-        client.log_metric(run_id, analysis.erf_metric_name(fraction), float(side))
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "erf.npy")
-        np.save(path, np.asarray(erf, dtype=np.float32))
-        client.log_artifact(run_id, path, "erf")
-    return sides
+        try:
+            return erf_of_checkpoint(checkpoint, run_id, ERF_IMAGES, tmp)["sides"]
+        except UserError as exc:
+            print(f"[compare] effective receptive field not measured for run {run_id}: {exc}", flush=True)
+            return None
 
 
 if __name__ == "__main__":  # one training of a sweep: python -m lk_segment.compare '<job as JSON>'

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
 from lk_segment.errors import UserError
 
 CURVE_KEYS = ("val/dice", "train/loss")
@@ -122,6 +123,11 @@ def _record(client, run) -> RunRecord:
     )
 
 
+def _erf_stat(fraction: float) -> str:
+    """0.5 -> 'erf_50_px': the summary's name for the ERF side at that fraction."""
+    return f"erf_{round(fraction * 100)}_px"
+
+
 def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
@@ -161,10 +167,10 @@ def summarise(records: list[RunRecord], order: list[str] | None = None) -> list[
         }
         if any(FULL_RES_KEY in r.metrics for r in runs):
             values["dice_full"] = [r.metrics[FULL_RES_KEY] for r in runs if FULL_RES_KEY in r.metrics]
-        for pct in (20, 50, 99):
-            key = f"erf/side_{pct}_px"
+        for fraction in ERF_FRACTIONS:
+            key = erf_metric_name(fraction)
             if any(key in r.metrics for r in runs):  # over the seeds measured (a collapsed model has no ERF)
-                values[f"erf_{pct}_px"] = [r.metrics[key] for r in runs if key in r.metrics]
+                values[_erf_stat(fraction)] = [r.metrics[key] for r in runs if key in r.metrics]
         stats = {
             name: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for name, v in values.items()
         }
@@ -327,8 +333,7 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
 
 
 def write_csv(rows: list[VariantRow], path: Path) -> None:
-    names = ["dice_full", "best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb",
-             "erf_20_px", "erf_50_px", "erf_99_px"]
+    names = ["dice_full", "best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb", *map(_erf_stat, ERF_FRACTIONS)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(

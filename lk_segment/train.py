@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from lk_segment.analysis import count_gflops
+from lk_segment.analysis.flops import count_gflops
 from lk_segment.callbacks import PerfMonitor
 from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, to_container, training_size

@@ -1,8 +1,31 @@
-"""Shared fixtures: a tiny synthetic Carvana, an isolated MLflow store, a tiny config."""
+"""Shared fixtures and helpers. Every test passes alone and in any order (CI shuffles it).
+
+Isolation, one way everywhere:
+- ``workdir`` (fixture): the test runs in a fresh ``tmp_path`` with its own MLflow store
+  (``MLFLOW_TRACKING_URI`` = ``store_uri(tmp_path)``), so its runs, checkpoints and cache are
+  its own. Both are restored after the test.
+- ``use_working_folder(mp, path)``: the same for any folder and any ``pytest.MonkeyPatch``;
+  module- and session-scoped fixtures use it inside ``with pytest.MonkeyPatch.context() as mp:``
+  while they train, and tests that read such a fixture's store enter it again with their own
+  ``monkeypatch``. A fixture shared by several tests is never changed by one of them: a test
+  that must change it works on a copy.
+- ``store_uri(path)``: the MLflow URI of ``path``'s store, for an ``MlflowClient``.
+- ``free_port()``: a TCP port free on 127.0.0.1, for a server a test starts.
+
+Data: ``tiny_root`` is a small synthetic Carvana (generated once per session);
+``tiny_overrides(root, ...)`` the config overrides of a seconds-long training on it, and
+``tiny_cfg(variant, ...)`` that config, loaded, in a ``workdir``;
+``requires_carvana`` skips a test unless ``LK_CARVANA_ROOT`` names the real sample.
+``tiny_comparison`` is one finished ``lk-segment compare`` (four trainings), read-only.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,6 +39,26 @@ TINY_CARS = 4  # 4 cars x 16 views = 64 images
 TINY_SIZE = (240, 160)  # width, height of the generated photos (1/8 of Carvana's)
 
 
+def store_uri(path: Path) -> str:
+    """The MLflow tracking URI of the store a working folder ``path`` holds."""
+    return f"sqlite:///{path}/mlruns/mlflow.db"
+
+
+def use_working_folder(mp: pytest.MonkeyPatch, path: Path) -> Path:
+    """Make ``path`` the working folder, with its own MLflow store, until ``mp`` is undone."""
+    (path / "mlruns").mkdir(parents=True, exist_ok=True)
+    mp.chdir(path)
+    mp.setenv("MLFLOW_TRACKING_URI", store_uri(path))
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """A small dataset in the Kaggle layout (train/, train_masks/), generated once per session."""
@@ -26,10 +69,7 @@ def tiny_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """Run in a fresh folder with its own MLflow store, cache and checkpoints."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    (tmp_path / "mlruns").mkdir()
-    return tmp_path
+    return use_working_folder(monkeypatch, tmp_path)
 
 
 def tiny_overrides(root: Path, *extra: str) -> list[str]:
@@ -44,6 +84,8 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
 
 @pytest.fixture
 def tiny_cfg(tiny_root, workdir):
+    """``tiny_cfg(variant, *overrides)``: the config of a tiny training, in the test's ``workdir``."""
+
     def make(variant: str = "3x3", *extra: str):
         return load_config(variant, tiny_overrides(tiny_root, *extra))
 
@@ -78,18 +120,30 @@ requires_carvana = pytest.mark.skipif(
 def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     """A finished comparison (3x3 and 1x5, 2 seeds, 1 epoch each) in its own folder and store.
 
-    Shared by tests/test_compare.py and tests/test_browser.py: four trainings, run once, two
-    at a time (the one-training-per-GPU scheduler, here on CPU).
+    Shared, read-only, by tests/test_compare.py and tests/test_browser.py: four trainings, run
+    once, two at a time (the one-training-per-GPU scheduler, here on CPU).
     """
     from lk_segment.compare import compare
 
     work = tmp_path_factory.mktemp("comparison")
-    uri = f"sqlite:///{work}/mlruns/mlflow.db"
-    (work / "mlruns").mkdir()
+    # with their MLflow models: the sweep registers them (tests/test_registry.py)
+    overrides = [o for o in tiny_overrides(tiny_root, "tracking.log_model=true") if not o.startswith("experiment=")]
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        # with their MLflow models: the sweep registers them (tests/test_registry.py)
-        overrides = [o for o in tiny_overrides(tiny_root, "tracking.log_model=true") if not o.startswith("experiment=")]
+        use_working_folder(mp, work)
         result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report", workers=2)
-    return {"work": work, "uri": uri, "experiment": "tiny_compare", "overrides": overrides, **result}
+    return {"work": work, "uri": store_uri(work), "experiment": "tiny_compare", "overrides": overrides, **result}
+
+
+@pytest.fixture
+def comparison_copy(tiny_comparison, tmp_path) -> dict:
+    """A copy of the shared comparison (store, artifacts, checkpoints, report), for a test that changes it."""
+    work = tmp_path / "comparison"
+    shutil.copytree(tiny_comparison["work"], work)
+    old, new = str(tiny_comparison["work"]), str(work)
+    # MLflow keeps artifact locations as absolute URIs: point the copy's at the copied artifacts.
+    with closing(sqlite3.connect(work / "mlruns" / "mlflow.db")) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+        db.execute("UPDATE logged_models SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+        db.execute("UPDATE model_versions SET storage_location = replace(storage_location, ?, ?)", (old, new))
+    return {**tiny_comparison, "work": work, "uri": store_uri(work)}

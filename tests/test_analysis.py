@@ -10,16 +10,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from lk_segment.analysis import (
-    count_gflops,
-    erf_map,
-    erf_sides,
-    format_table,
-    readme_table,
-    replace_readme_table,
-    save_erf_png,
-    variants_table,
-)
+from lk_segment.analysis.erf import erf_map, erf_sides, save_erf_png
+from lk_segment.analysis.flops import count_gflops
+from lk_segment.analysis.variants import format_table, readme_table, replace_readme_table, variants_table
 from lk_segment.cli import main
 from lk_segment.config import available_variants
 from lk_segment.train import train
@@ -112,6 +105,7 @@ def test_save_erf_png_writes_an_image(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_variants_command_lists_every_variant(capsys):
     assert main(["variants", "--width", "4", "--depth", "2", "--height", "64"]) == 0
     out = capsys.readouterr().out
@@ -122,6 +116,7 @@ def test_variants_command_lists_every_variant(capsys):
     assert [row.split("`")[1] for row in rows] == available_variants()
 
 
+@pytest.mark.slow
 def test_variants_table_numbers_match_the_model():
     from lk_segment.system import build_model
 
@@ -144,6 +139,7 @@ def test_readme_markers_replace_only_the_table():
         replace_readme_table("no markers", "x")
 
 
+@pytest.mark.slow
 def test_readme_variants_table_is_generated():
     """The README's table is exactly what `lk-segment variants --markdown` prints now."""
     expected = format_table(variants_table(), markdown=True)
@@ -152,6 +148,7 @@ def test_readme_variants_table_is_generated():
     )
 
 
+@pytest.mark.slow
 def test_erf_command_on_a_fresh_variant(tiny_root, workdir, capsys):
     code = main(["erf", "--variant", "1x5", "--images", "3", "--out", "erf_out", f"data.root={tiny_root}",
                  "data.height=64", "model.width=8", "model.depth=2"])

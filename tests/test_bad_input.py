@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from lk_segment.cli import main
 from lk_segment.config import load_config
 from lk_segment.tracking import redact
 from lk_segment.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import free_port, store_uri, tiny_overrides, use_working_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = {"MLFLOW_TRACKING_PASSWORD": "hunter2-pw", "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t-key",
@@ -33,24 +32,20 @@ def _overrides(root, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def existing(tiny_root, tmp_path_factory):
-    """A folder with one finished run, its checkpoints and a cache, trained with secrets in the environment."""
+def existing(tiny_root, tmp_path_factory) -> Path:
+    """A working folder with one finished run, its checkpoints and a cache."""
     work = tmp_path_factory.mktemp("existing")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(work)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
-    for key, value in SECRETS.items():
-        mp.setenv(key, value)
-    result = train(load_config("3x3", _overrides(tiny_root)))
-    yield result, work
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        use_working_folder(mp, work)
+        train(load_config("3x3", _overrides(tiny_root)))
+    return work
 
 
 def _snapshot(work: Path) -> dict:
     """Every file under checkpoints/ and data/cache/ with its hash, and every run with its state."""
     files = {str(p.relative_to(work)): hashlib.sha1(p.read_bytes()).hexdigest()
              for folder in ("checkpoints", "data/cache") for p in sorted((work / folder).rglob("*")) if p.is_file()}
-    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    client = MlflowClient(store_uri(work))
     runs = {r.info.run_id: (r.info.status, r.data.metrics, r.data.params)
             for e in client.search_experiments() for r in client.search_runs([e.experiment_id])}
     return {"files": files, "runs": runs}
@@ -106,22 +101,17 @@ def _run_cli(argv: list[str], capsys) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(DATA_CASES))
-def test_bad_data_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_root, tmp_path, capsys):
+def test_bad_data_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_root, tmp_path, capsys, monkeypatch):
     damage, message, culprit = DATA_CASES[case]
-    _, work = existing
+    work = use_working_folder(monkeypatch, existing)  # the bad command runs beside the existing run
     root = _damaged(tiny_root, tmp_path, damage)
     before = _snapshot(work)
     line = _run_cli(["train", "-v", "3x3", *_overrides(root)], capsys)
     assert message in line and culprit in line, line
     assert "data.on_bad_file=skip" in line or case == "empty train/"
     assert _snapshot(work) == before
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _other_model_checkpoint(path: Path) -> None:
@@ -155,15 +145,16 @@ OTHER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(OTHER_CASES))
 def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_root, tmp_path, capsys, monkeypatch):
     argv, message = OTHER_CASES[case]
-    _, work = existing
+    work = use_working_folder(monkeypatch, existing)  # the bad command runs beside the existing run
     (tmp_path / "bad.ckpt").write_bytes(b"\x00garbage" * 100)
     _truncated_checkpoint(work, tmp_path / "half.ckpt")
     _other_model_checkpoint(tmp_path / "other.ckpt")
     if case == "tracking URI that cannot be reached":
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:uri-s3cret@127.0.0.1:{_free_port()}")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:uri-s3cret@127.0.0.1:{free_port()}")
     argv = [a.format(tmp=tmp_path, tiny=tiny_root) for a in argv]
     argv = [x for a in argv for x in (_overrides(tiny_root) if a == str(tiny_root) else [a])]
     before = _snapshot(work)
@@ -173,6 +164,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_roo
     assert _snapshot(work) == before
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(workdir):
     # (without --debug, the same command's one line and exit 2: tests/test_train.py, in a subprocess too)
     argv = [sys.executable, "-m", "lk_segment", "--debug", "train", "data.root=no/such/folder"]
@@ -180,6 +172,7 @@ def test_debug_shows_the_traceback(workdir):
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UserError: data root" in loud.stderr
 
 
+@pytest.mark.slow
 def test_skip_leaves_bad_files_out_reports_them_and_logs_the_count(tiny_root, workdir, tmp_path, capsys):
     def damage(root: Path) -> None:
         _write(root / IMG, b"not a jpeg")
@@ -193,18 +186,24 @@ def test_skip_leaves_bad_files_out_reports_them_and_logs_the_count(tiny_root, wo
     assert "skipped 4 bad file(s)" in err
     for name in ["synth0001_03.jpg", "synth0001_05.jpg", "synth0000_07.jpg", "notes.txt"]:
         assert name in err
-    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    client = MlflowClient(store_uri(workdir))
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["data/skipped_files"] == "4"
     assert "skipped_files.txt" in {a.path for a in client.list_artifacts(result["run_id"])}
 
 
-def test_no_secret_reaches_the_run(existing):
-    result, work = existing
-    run = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db").get_run(result["run_id"])
+@pytest.mark.slow
+def test_no_secret_reaches_the_run(tiny_root, workdir, monkeypatch):
+    # A URI with credentials in a config value the run logs (here the cache folder, which the
+    # training creates and uses), and secrets in the environment, which is never logged.
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    cache_dir = "s3://carol:cache-s3cret@bucket.example/cache"
+    result = train(load_config("3x3", _overrides(tiny_root, f"data.cache_dir={cache_dir}")))
+    run = MlflowClient(store_uri(workdir)).get_run(result["run_id"])
+    assert run.data.params["data.cache_dir"] == "s3://***@bucket.example/cache"  # logged, credentials masked
     logged = " ".join(f"{k}={v}" for d in (run.data.params, run.data.tags) for k, v in d.items())
-    assert run.data.params  # something was logged
-    for secret in ["hunter2-pw", "aws-s3cr3t-key", "hf_t0ken_value", "db-passw0rd"]:
+    for secret in ["cache-s3cret", "hunter2-pw", "aws-s3cr3t-key", "hf_t0ken_value", "db-passw0rd"]:
         assert secret not in logged
 
 
@@ -213,6 +212,7 @@ def test_redact_hides_uri_credentials():
     assert redact("sqlite:///mlruns/mlflow.db") == "sqlite:///mlruns/mlflow.db"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_ui_binds_localhost_unless_host_is_given():
     def ui_line(*args: str) -> str:
@@ -223,6 +223,7 @@ def test_make_ui_binds_localhost_unless_host_is_given():
     assert "--host 0.0.0.0" in ui_line("HOST=0.0.0.0")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_train_passes_resume():
     out = subprocess.run(["make", "-n", "train", "RESUME=last"], cwd=REPO, capture_output=True, text=True,

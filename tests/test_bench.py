@@ -17,7 +17,6 @@ from lk_segment.bench.results import Step
 from lk_segment.bench.run import random_batch
 from lk_segment.bench.settings import pick_fast
 from lk_segment.bench.steps import training_cost
-from lk_segment.blocks import list_blocks
 from lk_segment.cli import main
 from lk_segment.config import load_config, to_container
 from lk_segment.data.augment_gpu import BatchAugmentation
@@ -27,7 +26,6 @@ from lk_segment.system import SegmentationSystem, soft_dice_loss
 from lk_segment.unet import UNet
 from tests.conftest import tiny_overrides
 
-requires_replk = pytest.mark.skipif("replk" not in list_blocks(), reason="the replk block is not registered yet")
 CPU = torch.device("cpu")
 
 def tiny_bench(root, variants=("3x3",), **kw) -> BenchConfig:
@@ -133,7 +131,6 @@ def test_fast_settings_give_the_float32_loss(setting):
     if opts["channels_last"]:
         assert next(fast.model.parameters()).is_contiguous(memory_format=torch.channels_last)
 
-@requires_replk
 def test_fused_replk_agrees_with_unfused(tiny_root, workdir):
     cfg = load_config("3x3", [*tiny_overrides(tiny_root), "model.block=replk", "model.kernel_size=7",
                               "model.depth=2"])
@@ -141,7 +138,6 @@ def test_fused_replk_agrees_with_unfused(tiny_root, workdir):
     assert result.max_rel_diff < 1e-4
     assert result.speedup == pytest.approx(result.unfused_ms / result.fused_ms)
 
-@requires_replk
 def test_training_cost_counts_large_kernels_as_direct_convolutions(tiny_cfg):
     shape = (2, 3, 32, 48)
     costs = {impl: training_cost(tiny_cfg("replk", "model.depth=1", f"model.block_args.dw_impl={impl}"), shape)
@@ -149,7 +145,6 @@ def test_training_cost_counts_large_kernels_as_direct_convolutions(tiny_cfg):
     assert costs["fft"] == costs["auto"] == costs["native"]
     assert costs["native"].flops > training_cost(tiny_cfg("3x3", "model.depth=1"), shape).flops
 
-@requires_replk
 @pytest.mark.slow
 def test_bench_of_replk_reports_its_breakdown_as_not_applicable(tiny_root, workdir):
     results = run_bench(tiny_bench(tiny_root, variants=("replk",), settings=["32"]), log=lambda *_: None)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
 
-from lk_segment.blocks import create_block, list_blocks, register_block
+from lk_segment.blocks import create_block, list_blocks, register_block, registry
+from lk_segment.blocks.contract import formula_values, params_from_formula
 from lk_segment.errors import UserError
 
 IN_CHS, OUT_CHS = 6, 8
@@ -16,21 +15,6 @@ IN_CHS, OUT_CHS = 6, 8
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-# Parameter count of each block for C_in -> C_out with kernel k (the README's formulas).
-PARAM_FORMULAS = {
-    "3x3": lambda ci, co, k: k * k * ci * co + k * k * co * co + 4 * co,
-    "5x5": lambda ci, co, k: k * k * ci * co + 2 * co,
-    "1x5": lambda ci, co, k: k * ci * co + k * co * co + 2 * co,
-    "gcn": lambda ci, co, k: 2 * k * ci * co + 2 * k * co * co + 2 * co,
-    "dilated": lambda ci, co, k: k * k * ci * co + k * k * co * co + 4 * co,  # two layers by default
-    "dws": lambda ci, co, k: k * k * ci + ci * co + 2 * ci + 2 * co,
-    "grouped": lambda ci, co, k: k * k * ci * co // math.gcd(4, ci, co) + co * co + 4 * co,  # groups=4 default
-    # projection (C_in != C_out) + two 1x1 + depthwise K x K and 3x3 (small_kernel default), BN after each
-    "replk": lambda ci, co, k: (ci * co + 2 * co) * (ci != co) + 2 * co * co + (k * k + 9) * co + 8 * co,
-    "interp": lambda ci, co, k: 9 * ci * co + 2 * co,  # a 3x3 grid of control values whatever k is
-}
 
 
 @pytest.mark.parametrize("name", list_blocks())
@@ -59,10 +43,54 @@ def test_block_keeps_the_memory_format_it_is_given(name, memory_format):
 
 @pytest.mark.parametrize("name", list_blocks())
 @pytest.mark.parametrize("kernel_size", [3, 5, 7])
-def test_block_param_count_formula(name, kernel_size):
-    assert name in PARAM_FORMULAS, f"add the parameter-count formula of block {name!r} to PARAM_FORMULAS"
+def test_block_params_formula_counts_its_parameters(name, kernel_size):
+    # The README shows params_formula: evaluated with the built block's own values, it must be exact.
     block = create_block(name, IN_CHS, OUT_CHS, kernel_size=kernel_size)
-    assert n_params(block) == PARAM_FORMULAS[name](IN_CHS, OUT_CHS, kernel_size)
+    assert n_params(block) == params_from_formula(block.params_formula, formula_values(block, IN_CHS, OUT_CHS))
+
+
+def test_formula_reads_the_readme_notation():
+    values = {"k": 3, "C_in": 4, "C_out": 2, "g": 2, "L": 3}
+    assert params_from_formula("k²·C_in·C_out/g + (L−1)·2 (a note)", values) == 9 * 4 * 2 / 2 + 2 * 2
+    assert params_from_formula("2k·C_out + 3(C_in − 1)", values) == 2 * 3 * 2 + 3 * 3
+    with pytest.raises(ValueError, match="formula_symbols"):
+        params_from_formula("n²·C_out", {"C_out": 1})
+    with pytest.raises(ValueError, match="cannot read params_formula"):
+        params_from_formula("k·", {"k": 1})
+
+
+class _StandIn(nn.Conv2d):
+    """A stand-in for a new block, built from the three attributes a block must provide."""
+
+    description = "A 3x3 conv."
+    params_formula = "9·C_in·C_out + C_out"
+    formula_symbols: dict = {}
+
+    def __init__(self, in_chs, out_chs, **_):
+        super().__init__(in_chs, out_chs, 3, padding=1)
+        self.rf_extent = 3
+
+
+@pytest.mark.parametrize("missing,message", [
+    ("description", "needs a one-line class attribute description"),
+    ("params_formula", "needs a class attribute params_formula"),
+    ("formula_symbols", "name the block attribute it stands for in formula_symbols"),
+])
+def test_registry_refuses_a_block_that_does_not_say_what_it_is_or_costs(missing, message):
+    attrs = {"description": "x", "params_formula": "k²·C_in·C_out", "formula_symbols": {"k": "kernel_size"}}
+    attrs.pop(missing)
+    with pytest.raises(TypeError, match=message):
+        register_block(f"lacks-{missing}")(type("Lacking", (nn.Module,), attrs))
+    assert f"lacks-{missing}" not in list_blocks()
+
+
+def test_create_block_refuses_a_block_without_rf_extent(monkeypatch):
+    monkeypatch.setattr(registry, "_BLOCKS", dict(registry._BLOCKS))  # the registry is left as it was
+    register_block("stand-in")(_StandIn)
+    assert n_params(create_block("stand-in", 2, 5)) == 9 * 2 * 5 + 5
+    monkeypatch.setattr(_StandIn, "__init__", lambda self, i, o, **_: nn.Conv2d.__init__(self, i, o, 3, padding=1))
+    with pytest.raises(TypeError, match="must set self.rf_extent in __init__"):
+        create_block("stand-in", 2, 5)
 
 
 def test_registry_refuses_duplicate_names():

@@ -12,6 +12,7 @@ from lk_segment.cli import main
 from lk_segment.compare import PARENT_TAG, ROLE_TAG, compare, sweep_key
 from lk_segment.errors import UserError
 from lk_segment.report import RunRecord, conclusions, exceeds_spread, pareto_front, summarise, write_report
+from tests.conftest import use_working_folder
 
 PLOTS = {"dice_vs_epoch_time.png", "dice_vs_params.png", "training_curves.png"}
 
@@ -107,6 +108,7 @@ def test_compare_refuses_bad_requests_before_training(workdir, variants, overrid
     assert not (workdir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_report_of_a_missing_experiment_is_a_user_error(workdir):
     with pytest.raises(UserError, match="no MLflow experiment 'nothing'"):
         write_report("nothing", workdir / "r")
@@ -156,31 +158,26 @@ def test_report_table_and_regeneration_from_mlflow_alone(tiny_comparison, tmp_pa
 
 
 @pytest.mark.slow
-def test_restarted_sweep_trains_only_what_did_not_finish(tiny_comparison, monkeypatch, capfd):
-    client = MlflowClient(tiny_comparison["uri"])
+def test_restarted_sweep_trains_only_what_did_not_finish(comparison_copy, tiny_comparison, monkeypatch, capfd):
+    work = use_working_folder(monkeypatch, comparison_copy["work"])
+    client = MlflowClient(comparison_copy["uri"])
     before = {
         (r.data.tags["variant"], r.data.tags["seed"]): r.info.run_id
         for r in client.search_runs(
             [client.get_experiment_by_name("tiny_compare").experiment_id],
-            f"tags.`{PARENT_TAG}` = '{tiny_comparison['parent_run_id']}' and attributes.status = 'FINISHED'",
+            f"tags.`{PARENT_TAG}` = '{comparison_copy['parent_run_id']}' and attributes.status = 'FINISHED'",
         )
     }
     interrupted = before[("1x5", "1")]
     client.update_run(interrupted, status="RUNNING")  # as a killed sweep leaves it
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_comparison["uri"])
-    monkeypatch.chdir(tiny_comparison["work"])
-    result = compare(
-        ["3x3", "1x5"],
-        2,
-        tiny_comparison["overrides"],
-        experiment="tiny_compare",
-        report_dir=tiny_comparison["work"] / "report",
-    )
-    assert result["parent_run_id"] == tiny_comparison["parent_run_id"]  # the same comparison, resumed
+    result = compare(["3x3", "1x5"], 2, comparison_copy["overrides"], experiment="tiny_compare",
+                     report_dir=work / "report")
+    assert result["parent_run_id"] == comparison_copy["parent_run_id"]  # the same comparison, resumed
     assert [(p.variant, p.seed) for p in result["trained"]] == [("1x5", 1)]
     assert len(result["skipped"]) == 3
     assert client.get_run(interrupted).info.status == "KILLED"
     out = capfd.readouterr().out
     assert "3 already finished, 1 to train" in out and "run 4/4 (1x5, seed 1): epoch 1/1" in out and "left" in out
     assert np.isfinite(result["report"]["rows"][1].stats["best_dice"][0])
+    assert MlflowClient(tiny_comparison["uri"]).get_run(interrupted).info.status == "FINISHED"  # the shared one

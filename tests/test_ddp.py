@@ -65,6 +65,7 @@ SECOND_NODE = {  # node 1 of 2, 2 processes each: (environment, its class in Lig
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(SECOND_NODE))
 def test_second_node_environment_is_picked_up_and_creates_no_run(launcher, workdir, monkeypatch, restore_rank):
     env, environment_class, global_rank = SECOND_NODE[launcher]

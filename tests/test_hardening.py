@@ -17,6 +17,7 @@ import lightning as L
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from lk_segment.checkpointing import atomic_torch_save, load_checkpoint
 from lk_segment.cli import main
@@ -113,6 +114,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run_with_the_same_weig
     assert "checkpoints/last.ckpt" in artifacts
 
 
+@pytest.mark.slow
 def test_resume_last_picks_the_latest_run_of_the_variant(tiny_root, workdir):
     first = train(load_config("3x3", _overrides(tiny_root)))
     again = train(load_config("3x3", _overrides(tiny_root, "trainer.max_epochs=2", "resume=last")))
@@ -121,6 +123,7 @@ def test_resume_last_picks_the_latest_run_of_the_variant(tiny_root, workdir):
     assert len(history) == 2  # epoch 0 from the first call, epoch 1 from the resumed one
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_refused_before_the_run_is_touched(tiny_root, workdir):
     first = train(load_config("3x3", _overrides(tiny_root)))
     with pytest.raises(UserError, match="trained with another model .*model.width"):
@@ -138,6 +141,7 @@ class _CtrlC(L.Callback):
         os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
 
 
+@pytest.mark.slow
 def test_an_exception_leaves_the_run_failed(tiny_root, workdir):
     with pytest.raises(RuntimeError, match="boom"):
         train(load_config("3x3", _overrides(tiny_root)), callbacks=[_Boom()])
@@ -145,6 +149,7 @@ def test_an_exception_leaves_the_run_failed(tiny_root, workdir):
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workdir, monkeypatch, capsys):
     handler = signal.getsignal(signal.SIGINT)
     try:
@@ -163,6 +168,7 @@ def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workd
         signal.signal(signal.SIGINT, handler)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_naming_the_step_and_marks_it_failed(tiny_root, workdir, capsys):
     argv = ["train", "-v", "3x3", *_overrides(tiny_root, "optim.lr=1e30", "optim.warmup_fraction=0")]
     assert main(argv) == 2
@@ -192,6 +198,7 @@ atomic_torch_save({"state_dict": {"w": torch.zeros(1_000_000)}, "epoch": 1, "slo
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "last.ckpt"
@@ -236,6 +243,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, monkeypatc
     torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _CreatesAFile(marker)}, ckpt)
 
     (tmp_path / "in").mkdir()
+    Image.new("RGB", (32, 24)).save(tmp_path / "in" / "car_01.jpg")  # predict checks its input first
     assert main(["predict", "--ckpt", str(ckpt), "--input", "in", "--out", "out"]) == 2
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lk-segment: error:")]
     assert line.startswith(f"lk-segment: error: refusing to load checkpoint '{ckpt}'")

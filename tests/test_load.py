@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_overrides
+from tests.conftest import free_port, tiny_overrides
 
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "perf/epoch_time_s"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> int:
@@ -36,7 +29,7 @@ def _get(url: str) -> int:
 def test_two_trainings_at_once_on_one_store_while_the_ui_serves_it(tiny_root, workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                            "--default-artifact-root", str(workdir / "mlruns" / "artifacts"),
                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

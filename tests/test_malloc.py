@@ -30,6 +30,7 @@ def _probe(**env) -> tuple[bool, int]:
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.slow
 @needs_glibc
 @pytest.mark.parametrize("setting", ["tuned", "default"])
 def test_tuned_malloc_serves_large_tensors_from_the_heap(setting):

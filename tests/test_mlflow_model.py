@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,15 +25,9 @@ from lk_segment.data.carvana import find_samples, read_mask
 from lk_segment.full_res import dice_of
 from lk_segment.predict import Predictor, load_system, read_rgb
 from lk_segment.train import train
-from tests.conftest import carvana_root, requires_carvana
+from tests.conftest import carvana_root, free_port, requires_carvana
 
 pytestmark = [pytest.mark.slow, requires_carvana]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ from lk_segment.cli import main
 from lk_segment.errors import UserError
 from lk_segment.model_registry import register
 from lk_segment.report import headline, load_comparison, summarise
+from tests.conftest import use_working_folder
 
 pytestmark = pytest.mark.slow  # they read the trained tiny comparison
 
 
 @pytest.fixture
 def in_comparison(tiny_comparison, monkeypatch):
+    """The shared comparison's store, read only (tests that register use ``comparison_copy``)."""
     monkeypatch.chdir(tiny_comparison["work"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_comparison["uri"])
     return tiny_comparison
@@ -50,17 +52,19 @@ def test_predict_from_the_registry_writes_the_champion_runs_masks(in_comparison,
     assert a == b and len(a.splitlines()) == 2  # the same masks (the run's best checkpoint, fused)
 
 
-def test_make_register_adds_a_version_with_its_alias(in_comparison, capsys):
-    run_id = next(iter(load_comparison(in_comparison["experiment"])[1])).run_id
+def test_make_register_adds_a_version_with_its_alias(comparison_copy, monkeypatch, capsys):
+    use_working_folder(monkeypatch, comparison_copy["work"])
+    run_id = next(iter(load_comparison(comparison_copy["experiment"])[1])).run_id
     assert main(["register", "--run", run_id, "--name", "lk-test", "--alias", "staging"]) == 0
     assert "models:/lk-test@staging" in capsys.readouterr().out
-    version = MlflowClient(in_comparison["uri"]).get_model_version_by_alias("lk-test", "staging")
+    version = MlflowClient(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging")
     assert version.tags["run_id"] == run_id
     assert np.isfinite(float(version.version))
 
 
-def test_a_run_without_a_model_cannot_be_registered(in_comparison):
-    client = MlflowClient(in_comparison["uri"])
+def test_a_run_without_a_model_cannot_be_registered(comparison_copy, monkeypatch):
+    use_working_folder(monkeypatch, comparison_copy["work"])
+    client = MlflowClient(comparison_copy["uri"])
     run_id = client.create_run(client.create_experiment("bare")).info.run_id
     with pytest.raises(UserError, match="has no MLflow model"):
         register(run_id)

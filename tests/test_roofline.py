@@ -63,7 +63,7 @@ def test_roofline_of_a_step_uses_its_dtype():
 def test_gflops_on_meta_match_a_real_forward():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lk_segment.analysis import count_gflops
+    from lk_segment.analysis.flops import count_gflops
     from lk_segment.unet import UNet
 
     model = UNet("3x3", width=4, depth=2).eval()

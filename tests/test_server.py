@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ from lk_segment.config import load_config
 from lk_segment.errors import UserError
 from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, prepare_store
 from lk_segment.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import free_port, tiny_overrides
 
 pytestmark = pytest.mark.slow  # each test starts an MLflow server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], cwd: Path, port: int) -> tuple[subprocess.Popen, str]:

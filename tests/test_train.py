@@ -18,7 +18,7 @@ from lk_segment.device import cpu_name
 from lk_segment.predict import predict_folder
 from lk_segment.tracking import find_checkpoint, tracking_uri
 from lk_segment.train import train
-from tests.conftest import carvana_root, requires_carvana, tiny_overrides
+from tests.conftest import carvana_root, requires_carvana, store_uri, tiny_overrides, use_working_folder
 
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "perf/epoch_time_s",
                  "perf/train_images_per_s", "perf/cpu_peak_rss_mb"]
@@ -28,17 +28,16 @@ EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "perf/epoch_ti
 def trained(tiny_root, tmp_path_factory):
     """One tiny 2-epoch training shared by the tests below (in its own folder and store)."""
     work = tmp_path_factory.mktemp("work")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(work)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
-    result = train(load_config("5x5", tiny_overrides(tiny_root, "trainer.max_epochs=2", "model.width=8")))
-    yield result, work
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        use_working_folder(mp, work)
+        result = train(load_config("5x5", tiny_overrides(tiny_root, "trainer.max_epochs=2", "model.width=8")))
+    return result, work
 
 
+@pytest.mark.slow
 def test_fit_writes_an_mlflow_run_with_every_metric(trained):
     result, work = trained
-    client = MlflowClient(f"sqlite:///{work}/mlruns/mlflow.db")
+    client = MlflowClient(store_uri(work))
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "5x5"
@@ -61,10 +60,10 @@ def test_fit_writes_an_mlflow_run_with_every_metric(trained):
     assert 0.0 <= result["best_dice"] <= 1.0
 
 
+@pytest.mark.slow
 def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, tmp_path, monkeypatch):
     result, work = trained
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    use_working_folder(monkeypatch, work)
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ["synth0001_03.jpg", "synth0002_09.jpg"]:
@@ -82,11 +81,12 @@ def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, 
         np.testing.assert_array_equal(rle_decode(rle, mask.shape), mask // 255)
 
 
+@pytest.mark.slow
 def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_root, monkeypatch):
     from lk_segment.predict import Predictor, load_system
 
     result, work = trained
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    use_working_folder(monkeypatch, work)
     ckpt = find_checkpoint(result["run_id"])
     nhwc, nchw = Predictor(load_system(ckpt)), Predictor(load_system(ckpt), channels_last=False)
     weights = [next(p.model.encoder.parameters()) for p in (nhwc, nchw)]  # the first 5x5 conv's (8, 3, 5, 5)
@@ -98,10 +98,10 @@ def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_
     assert (a != b).mean() < 1e-4  # the same masks, up to a pixel whose logit rounds across 0
 
 
+@pytest.mark.slow
 def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
     result, work = trained
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work}/mlruns/mlflow.db")
+    use_working_folder(monkeypatch, work)
     code = main(["predict", "--run", result["run_id"], "--input", str(tiny_root / "train"),
                  "--out", str(tmp_path / "o")])
     assert code == 0
@@ -118,6 +118,7 @@ def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
         (["predict", "--ckpt", "missing.ckpt", "--input", ".", "--out", "o"], "does not exist"),
     ],
 )
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2(workdir, argv, message):
     proc = subprocess.run([sys.executable, "-m", "lk_segment", *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

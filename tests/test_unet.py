@@ -69,6 +69,9 @@ RF_CASES = [(block, 3 if block in ("3x3", "dilated") else 5, NATIVE.get(block, {
     ("5x5", 5, {"upsample": "pixelshuffle"}),
     ("1x5", 5, {"boundary_refine": True, "upsample": "bilinear"}),
 ]
+# replk's depthwise kernels and dilated's extra rates take over 2 s of CPU each here: slow.
+RF_CASES = [pytest.param(*case, marks=pytest.mark.slow)
+            if case[0] == "replk" or "rates" in case[2].get("block_args", {}) else case for case in RF_CASES]
 
 
 @pytest.mark.parametrize("block,kernel_size,options", RF_CASES, ids=lambda v: str(v).replace(" ", ""))

@@ -1,7 +1,12 @@
-"""Convolution blocks by name. Importing this package registers every block module."""
+"""Convolution blocks by name. Importing this package imports every module in it, which
+registers its blocks: a new module here needs no line anywhere else."""
 
-# Each module registers its blocks on import: 3x3, 5x5, 1x5 (plain) and one block per other module.
-from lk_segment.blocks import dilated, dws, gcn, grouped, interp, plain, replk  # noqa: F401
+import importlib
+import pkgutil
+
 from lk_segment.blocks.registry import create_block, get_block_class, list_blocks, register_block
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["create_block", "get_block_class", "list_blocks", "register_block"]

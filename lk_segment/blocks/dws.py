@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from lk_segment.blocks.registry import conv_bn_act, register_block
+from lk_segment.blocks.layers import conv_bn_act
+from lk_segment.blocks.registry import register_block
 
 
 @register_block("dws")
@@ -16,7 +17,10 @@ class DepthwiseSeparableBlock(nn.Sequential):
     1 x 1, so a large k costs little. Params: k^2*C_in + C_in*C_out + 2*C_in + 2*C_out.
     """
 
+    description = ("Depthwise-separable (MobileNet, Howard et al. 2017; Xception): depthwise k x k -> BN -> ReLU, "
+                   "then pointwise 1x1 -> BN -> ReLU; the large kernel costs k^2 weights per channel only.")
     params_formula = "k²·C_in + C_in·C_out + 2·C_in + 2·C_out"
+    formula_symbols = {"k": "kernel_size"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
@@ -25,4 +29,4 @@ class DepthwiseSeparableBlock(nn.Sequential):
             conv_bn_act(in_chs, in_chs, k, groups=in_chs, norm_layer=norm_layer, act_layer=act_layer),
             conv_bn_act(in_chs, out_chs, (1, 1), norm_layer=norm_layer, act_layer=act_layer),
         )
-        self.rf_extent = kernel_size
+        self.kernel_size = self.rf_extent = kernel_size

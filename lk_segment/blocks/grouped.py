@@ -6,7 +6,8 @@ import math
 
 from torch import nn
 
-from lk_segment.blocks.registry import conv_bn_act, register_block
+from lk_segment.blocks.layers import conv_bn_act
+from lk_segment.blocks.registry import register_block
 
 
 @register_block("grouped")
@@ -17,10 +18,12 @@ class GroupedConvBlock(nn.Sequential):
     one. The 1 x 1 after it mixes the groups (as ResNeXt's bottleneck does); without it the
     U-Net's encoder would split into g networks that never exchange a feature. The number of
     groups used is gcd(groups, C_in, C_out), so the 3-channel input block stays dense.
-    Params (g the groups used): k^2*C_in*C_out/g + C_out^2 + 4*C_out.
     """
 
+    description = ("Grouped k x k conv with g = 4 groups (ResNeXt, Xie et al. 2017) -> BN -> ReLU, then a 1x1 conv "
+                   "-> BN -> ReLU that mixes the groups; the k x k costs 1/g of a dense one.")
     params_formula = "k²·C_in·C_out/g + C_out² + 4·C_out"
+    formula_symbols = {"k": "kernel_size", "g": "groups"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 3, groups: int = 4,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
@@ -33,4 +36,4 @@ class GroupedConvBlock(nn.Sequential):
             conv_bn_act(out_chs, out_chs, (1, 1), norm_layer=norm_layer, act_layer=act_layer),
         )
         self.groups = used
-        self.rf_extent = kernel_size
+        self.kernel_size = self.rf_extent = kernel_size

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lk_segment.blocks.registry import register_block, same_padding
+from lk_segment.blocks.layers import same_padding
+from lk_segment.blocks.registry import register_block
 
 
 def control_positions(kernel_size: int, control_points: int) -> list[int]:
@@ -66,14 +67,17 @@ class InterpolatedKernelBlock(nn.Sequential):
     The control values sit on an n x n grid (``control_points``, evenly spread, corners
     included: k = 9, n = 3 puts them at 0, 4, 8) or at the ``positions`` given; the kernel
     between them is bilinear, so parameters grow with n^2, not k^2, and the kernel is smooth.
-    Params: n^2*C_in*C_out + 2*C_out.
     """
 
+    description = ('Interpolated kernels (after the "interpolated kernels" idea): a dense k x k kernel drawn '
+                   "bilinearly through a learnable n x n grid of control values (block_args.control_points), then "
+                   "BN -> ReLU: n^2 weights per pair, not k^2.")
     params_formula = "n²·C_in·C_out + 2·C_out"
+    formula_symbols = {"n": "control_points"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 9, control_points: int = 3,
                  positions: Sequence[int] | None = None, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
         positions = list(positions) if positions else control_positions(kernel_size, control_points)
         super().__init__(InterpolatedConv2d(in_chs, out_chs, kernel_size, positions), norm_layer(out_chs),
                          act_layer(inplace=True))
-        self.rf_extent = kernel_size
+        self.rf_extent, self.control_points = kernel_size, len(positions)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from lk_segment.blocks.registry import conv_bn_act, register_block, same_padding
+from lk_segment.blocks.layers import conv_bn_act, same_padding
+from lk_segment.blocks.registry import register_block
 
 
 @register_block("3x3")
 class DoubleConv3x3(nn.Sequential):
-    """Two of (3x3 conv -> BN -> ReLU), the classic U-Net block (Ronneberger et al. 2015).
+    """Two of (3x3 conv -> BN -> ReLU), the classic U-Net block (Ronneberger et al. 2015)."""
 
-    Params (no bias): 9*C_in*C_out + 9*C_out^2 + 4*C_out (two BatchNorms).
-    """
-
-    params_formula = "k²·C_in·C_out + k²·C_out² + 4·C_out"  # the README's table shows it
+    description = "Two of (3x3 conv -> BatchNorm -> ReLU): the classic U-Net block, a 5x5 view."
+    params_formula = "k²·C_in·C_out + k²·C_out² + 4·C_out"
+    formula_symbols = {"k": "kernel_size"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 3,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
@@ -23,23 +23,22 @@ class DoubleConv3x3(nn.Sequential):
             conv_bn_act(in_chs, out_chs, k, norm_layer=norm_layer, act_layer=act_layer),
             conv_bn_act(out_chs, out_chs, k, norm_layer=norm_layer, act_layer=act_layer),
         )
-        self.rf_extent = 2 * kernel_size - 1
+        self.kernel_size, self.rf_extent = kernel_size, 2 * kernel_size - 1
 
 
 @register_block("5x5")
 class Conv5x5(nn.Sequential):
-    """One (k x k conv -> BN -> ReLU), k = 5 by default: the same 5x5 view as two 3x3.
+    """One (k x k conv -> BN -> ReLU), k = 5 by default: the same 5x5 view as two 3x3."""
 
-    Params: k^2*C_in*C_out + 2*C_out.
-    """
-
+    description = "One (5x5 conv -> BatchNorm -> ReLU): the same 5x5 view as two 3x3, in one layer."
     params_formula = "k²·C_in·C_out + 2·C_out"
+    formula_symbols = {"k": "kernel_size"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
         super().__init__(conv_bn_act(in_chs, out_chs, (kernel_size, kernel_size),
                                      norm_layer=norm_layer, act_layer=act_layer))
-        self.rf_extent = kernel_size
+        self.kernel_size = self.rf_extent = kernel_size
 
 
 @register_block("1x5")
@@ -48,10 +47,11 @@ class Conv1xkKx1(nn.Sequential):
 
     The rank-factorised k x k of "Large Kernel Matters" (Peng et al. 2017): the same k x k
     view for 2k/k^2 of the weights when C_in = C_out.
-    Params: k*C_in*C_out + k*C_out^2 + 2*C_out.
     """
 
+    description = 'The 5x5 factorised into 1x5 then 5x1 ("Large Kernel Matters"), then BatchNorm -> ReLU.'
     params_formula = "k·C_in·C_out + k·C_out² + 2·C_out"
+    formula_symbols = {"k": "kernel_size"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
@@ -62,4 +62,4 @@ class Conv1xkKx1(nn.Sequential):
             norm_layer(out_chs),
             act_layer(inplace=True),
         )
-        self.rf_extent = k
+        self.kernel_size = self.rf_extent = k

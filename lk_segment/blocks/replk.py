@@ -12,30 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lk_segment.blocks.registry import conv_bn_act, register_block, same_padding
+from lk_segment.blocks.layers import conv_bn, conv_bn_act, fuse_conv_bn
+from lk_segment.blocks.registry import register_block
 from lk_segment.ops import DepthwiseConv2d, memory_format_of
-
-
-def conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, groups: int = 1,
-            norm_layer=nn.BatchNorm2d) -> nn.Sequential:
-    k = (kernel_size, kernel_size)
-    return nn.Sequential(nn.Conv2d(in_chs, out_chs, k, padding=same_padding(k), groups=groups, bias=False),
-                         norm_layer(out_chs))
-
-
-def fuse_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """The conv (with bias) equal to ``bn(conv(x))`` in eval mode: BN scales each output
-    channel by gamma/std and shifts it by beta - mean*gamma/std."""
-    if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"only BatchNorm can be folded into a conv, got {type(bn).__name__}")
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        fused.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
-    return fused.to(conv.weight.device)
 
 
 def _fuse_sequential(seq: nn.Module) -> None:
@@ -83,10 +62,12 @@ class RepLKBlock(nn.Module):
     the shortcut is the identity on that projection (Identity when C_in == C_out).
     ``reparameterize()`` folds every BN into its conv and the small kernel into the large
     one, in place, for inference; a model built with ``fused=True`` has the fused layout.
-    Params (unfused, C_in != C_out): C_in*C_out + 2*C_out^2 + (K^2 + k^2)*C_out + 10*C_out.
     """
 
+    description = ("RepLKNet (Ding et al. 2022): 1x1 -> depthwise K x K || depthwise k x k (each + BN), summed -> "
+                   "ReLU -> 1x1, with an identity shortcut; predict fuses it into one depthwise K x K conv.")
     params_formula = "C_in·C_out + 2·C_out² + (K² + k²)·C_out + 10·C_out (C_in ≠ C_out)"
+    formula_symbols = {"K": "kernel_size", "k": "small_kernel"}
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 13, small_kernel: int = 3,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU, dw_impl: str = "auto"):
@@ -98,7 +79,8 @@ class RepLKBlock(nn.Module):
         self.large_kernel: nn.Module = LargeSmallKernel(out_chs, kernel_size, small_kernel, norm_layer, dw_impl)
         self.act = act_layer()
         self.pw2 = conv_bn(out_chs, out_chs, 1, norm_layer=norm_layer)
-        self.rf_extent = kernel_size
+        self.kernel_size = self.rf_extent = kernel_size
+        self.small_kernel = small_kernel
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
