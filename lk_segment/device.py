@@ -34,3 +34,24 @@ def check_accelerator(accelerator: str) -> None:
         raise UserError(f"trainer.accelerator={accelerator} but this torch sees no CUDA GPU (torch "
                         f"{torch.__version__}, {build}): use trainer.accelerator=cpu or auto, or see the README's "
                         "'On a GPU machine'")
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` ("cuda" or "cpu") computes bfloat16 in hardware: a CUDA GPU that supports it,
+    or a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than float32 (a 3x3 step at
+    128x192 on an AVX2-only CPU: 40 s in bf16 against 7.6 s in float32)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``trainer.precision=auto``: bf16-mixed where the training device has bf16 in hardware, else 16-mixed
+    on a CUDA GPU and 32 on a CPU; any other value is kept."""
+    if str(precision) != "auto":
+        return str(precision)
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if cuda:
+        return "bf16-mixed" if native_bf16("cuda") else "16-mixed"
+    return "bf16-mixed" if native_bf16("cpu") else "32"

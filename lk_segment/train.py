@@ -26,7 +26,7 @@ from lk_segment.callbacks import PerfMonitor
 from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
-from lk_segment.device import check_accelerator, device_name
+from lk_segment.device import check_accelerator, device_name, resolve_precision
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
 from lk_segment.full_res import FullResEval
@@ -53,6 +53,9 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     comparison); ``callbacks`` are extra Lightning callbacks (a sweep's progress line).
     """
     check_accelerator(cfg.trainer.accelerator)  # before the data is prepared or a run created
+    # precision=auto becomes what runs here (and is logged so)
+    cfg = OmegaConf.merge(cfg, {"trainer": {"precision": resolve_precision(cfg.trainer.precision,
+                                                                          cfg.trainer.accelerator)}})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     config = to_container(cfg)
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])

@@ -13,7 +13,7 @@ from lk_segment.system import build_model
 def test_the_dataclass_defaults_are_what_runs():
     assert to_container(load_config()) == OmegaConf.to_container(OmegaConf.structured(Config))
     cfg = load_config()
-    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.channels_last is True
+    assert cfg.trainer.precision == "auto" and cfg.trainer.channels_last is True
 
 
 def depthwise_kernels(model: nn.Module) -> set[tuple[int, int]]:
@@ -28,3 +28,25 @@ def depthwise_kernels(model: nn.Module) -> set[tuple[int, int]]:
 def test_kernel_size_unset_leaves_the_blocks_default(variant, overrides, kernel):
     cfg = load_config(variant, ["model.width=4", "model.depth=1", *overrides])
     assert depthwise_kernels(build_model(to_container(cfg)["model"])) == {kernel}
+
+
+@pytest.mark.parametrize("cpu_bf16,cuda,cuda_bf16,accelerator,expected", [
+    (True, False, False, "auto", "bf16-mixed"),  # AVX512-BF16 / AMX: bf16 in hardware
+    (False, False, False, "auto", "32"),  # AVX2 only: bf16 would be emulated, 5x slower
+    (False, True, True, "auto", "bf16-mixed"),  # a GPU with bf16
+    (False, True, False, "gpu", "16-mixed"),  # a GPU without it
+    (True, True, True, "cpu", "bf16-mixed"),  # the CPU asked for, on a machine with a GPU
+    (False, True, True, "cpu", "32"),
+])
+def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch, cpu_bf16, cuda, cuda_bf16,
+                                                                   accelerator, expected):
+    import torch
+
+    from lk_segment.device import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: cpu_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
+    assert resolve_precision("auto", accelerator) == expected
+    assert resolve_precision("16-mixed", accelerator) == "16-mixed"  # an explicit choice is kept

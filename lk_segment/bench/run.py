@@ -23,6 +23,7 @@ from lk_segment.bench.settings import pick_fast, sweep_settings
 from lk_segment.bench.steps import project_step, reference_step, training_cost
 from lk_segment.bench.timing import float32_mode, pick_device
 from lk_segment.config import available_variants, load_config, training_size
+from lk_segment.device import resolve_precision
 
 
 def random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +73,8 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
     settings, errors = sweep_settings(base, bcfg.settings, images, masks, bcfg.steps, bcfg.warmup, device, log)
     settings = {name: with_roofline(step, bcfg.settings_variant) for name, step in settings.items()}
     t = base.trainer
-    config_setting = setting_name(str(t.precision), bool(t.channels_last), bool(t.compile))
+    precision = resolve_precision(t.precision, "cuda" if device.type == "cuda" else "cpu")
+    config_setting = setting_name(precision, bool(t.channels_last), bool(t.compile))
     best_setting = pick_fast(settings) if settings else config_setting
     fast = parse_setting(config_setting)
 
