@@ -177,6 +177,11 @@ def _bench(args) -> None:
     for key in ("height", "width", "batch_size", "steps", "pair_turns", "loader_images", "matmul_size", "copy_mb"):
         if options[key] is not None and options[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {options[key]}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: this machine has no CUDA device (use --device auto or cpu)")
     if any(k < 1 or k % 2 == 0 for k in args.dw_kernels or []):
         raise UserError(f"--dw-kernels must be odd and positive (size-keeping kernels), got {args.dw_kernels}")
     options.update(overrides=args.overrides, tf32=args.tf32, dw_shapes=args.dw_shapes and [
