@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import warnings
 
 import lightning as L
 
@@ -72,7 +73,9 @@ def _dataset(samples: list[Sample], root: str, name: str):
         "car": [s.car for s in samples],
         "image_bytes": [s.image.stat().st_size for s in samples],
     })
-    return mlflow.data.from_pandas(frame, source=root, name=name, digest=split_digest(samples))
+    with warnings.catch_warnings():  # MLflow's hints about schema inference and local sources: noise here
+        warnings.simplefilter("ignore")
+        return mlflow.data.from_pandas(frame, source=root, name=name, digest=split_digest(samples))
 
 
 def log_datasets(client, run_id: str, root: str, train: list[Sample], val: list[Sample]) -> None:
