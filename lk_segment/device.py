@@ -27,13 +27,17 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+def torch_build() -> str:
+    """E.g. "torch 2.13.0+cpu, a CPU-only build": what to say when no GPU is seen."""
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    return f"torch {torch.__version__}, {build}"
+
+
 def check_accelerator(accelerator: str) -> None:
     """``trainer.accelerator=gpu|cuda`` where torch sees no CUDA GPU stops here, never as a silent CPU run."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise UserError(f"trainer.accelerator={accelerator} but this torch sees no CUDA GPU (torch "
-                        f"{torch.__version__}, {build}): use trainer.accelerator=cpu or auto, or see the README's "
-                        "'On a GPU machine'")
+        raise UserError(f"trainer.accelerator={accelerator} but this torch sees no CUDA GPU ({torch_build()}): "
+                        "use trainer.accelerator=cpu or auto, or see the README's 'On a GPU machine'")
 
 
 def native_bf16(device_type: str) -> bool:

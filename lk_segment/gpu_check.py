@@ -4,7 +4,8 @@
     python -m lk_segment.gpu_check --out gpu-check --mode cpu  # the small CPU mode CI runs
 
 Each step runs as its own process, as a user would run it, and the check goes on after a
-failed step; the summary says which passed. In GPU mode (sized for under 8 minutes on one GPU):
+failed step; the summary says which passed. In GPU mode (sized for under 8 minutes on one GPU,
+each step with a time limit):
 
 1. the environment: torch, CUDA, the device, bf16;
 2. the ``cuda`` tests (``pytest -m cuda``);

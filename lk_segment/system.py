@@ -116,12 +116,12 @@ class SegmentationSystem(L.LightningModule):
                                                check_grads=scaler is None)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        step = self.global_step  # optimizer steps taken; read the flag every log_every_n_steps and at epoch end
-        if step % max(1, self.trainer.log_every_n_steps) == 0:
+        # The guard's flag is read every log_every_n_steps optimizer steps and after an epoch's last batch.
+        # (Here, not in on_train_epoch_end: there rank 0's progress bar has already started the epoch
+        # metrics' all-reduces, and a collective of ours would pair with the wrong one on other ranks.)
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        if last or self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.nonfinite.stop_if_seen(self.trainer.strategy)
-
-    def on_train_epoch_end(self) -> None:
-        self.nonfinite.stop_if_seen(self.trainer.strategy)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch

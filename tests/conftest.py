@@ -96,13 +96,14 @@ def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.cuda`` tests are skipped, saying why, where torch sees no CUDA GPU."""
     import torch
 
+    from lk_segment.device import torch_build
+
     if torch.cuda.is_available():
         return
-    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} ({build}) sees none; "
-                                   "make gpu-check runs these on a GPU machine")
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: none seen ({torch_build()}); make gpu-check runs "
+                                   "these on a GPU machine")
     for item in items:
-        if "cuda" in item.keywords:
+        if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
 
 

@@ -3,6 +3,9 @@ on the device, loader settings chosen from the device, the device named, the NaN
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -147,3 +150,19 @@ def test_every_rank_stops_when_one_saw_a_non_finite_step():
     anyone = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: True)  # another rank did
     with pytest.raises(UserError, match="another process"):
         guard.stop_if_seen(anyone)
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_stops_together_and_the_run_fails(tiny_root, workdir):
+    overrides = tiny_overrides(tiny_root, "model.depth=2", "data.limit_images=32", "data.batch_size=4",
+                               "optim.lr=1e30", "optim.warmup_fraction=0")
+    proc = subprocess.run([sys.executable, "-m", "lk_segment", "train", "-v", "3x3", *overrides,
+                           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"],
+                          capture_output=True, text=True, timeout=600, cwd=workdir,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]  # no hang: no rank waits on a collective the others skipped
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("lk-segment: error:")]
+    assert errors and all("training loss is" in ln for ln in errors), proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri())
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
