@@ -79,7 +79,7 @@ def test_a_toy_variant_added_in_one_module_and_one_file(project, tiny_root):
 
     # The registry-wide block tests pick it up: forward, backward, memory format, its params_formula.
     tests = _run(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_blocks.py", "-k", "toy")
-    assert " 6 passed" in tests.stdout, tests.stdout[-2000:]
+    assert "6 passed" in tests.stdout, tests.stdout[-2000:]
 
     overrides = tiny_overrides(tiny_root, "data.limit_images=32", "data.batch_size=16")  # 1 training batch
     _run(project, "-m", "lk_segment", "train", "-v", "toy", *overrides)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from lk_segment.cli import main
 from lk_segment.config import load_config
@@ -120,6 +121,7 @@ def test_cli_predict_by_run_id(trained, tiny_root, tmp_path, monkeypatch):
 )
 @pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2(workdir, argv, message):
+    Image.new("RGB", (32, 24)).save(workdir / "car_01.jpg")  # predict checks its input folder first
     proc = subprocess.run([sys.executable, "-m", "lk_segment", *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("lk-segment: error:")]
