@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-turns", type=int, help="turns of the 1x5/5x5 and 3x3/5x5 step-time ratios (default 15)")
     p.add_argument("--settings", nargs="+", help="settings swept on 3x3, e.g. 32 bf16+cl bf16+cl+compile")
     p.add_argument("--loader-images", type=int, help="images decoded for the loader figures")
-    p.add_argument("--matmul-size", type=int, help="n of the n^3 matmul peak (default 8192 on GPU, 2048 on CPU)")
+    p.add_argument("--matmul-size", type=int, help="n of the n^3 matmul peak (default 8192 on GPU, 1024 on CPU)")
     p.add_argument("--copy-mb", type=int, help="tensor of the copy bandwidth (default 1024 on GPU, 256 on CPU)")
     p.add_argument("--dw-kernels", type=int, nargs="+", help="depthwise K of the native/FFT rows (default 7 13 31)")
     p.add_argument("--dw-shapes", nargs="+", help="BxCxHxW of the depthwise rows (default on GPU: levels 0 and 2 "

@@ -64,8 +64,9 @@ MODES = {
     # The same steps on toy models and sizes: it checks that the script and every command in it work.
     "cpu": Sizes(photo=(240, 160), cars=3, train=(32, 48), train_args=["model.width=4", "model.depth=2"],
                  bench=(32, 48), bench_variants=("3x3",),
-                 bench_args=["--steps", "1", "--warmup", "1", "--pair-turns", "1", "--loader-images", "8",
-                             "--batch-size", "2", "model.width=4", "model.depth=2"],
+                 bench_args=["--steps", "1", "--warmup", "1", "--pair-turns", "1", "--loader-images", "32",
+                             "--matmul-size", "256", "--copy-mb", "16", "--dw-kernels", "7", "--dw-shapes",
+                             "1x8x32x48", "--batch-size", "2", "model.width=4", "model.depth=2"],
                  loader=(64, 96), loader_images=32, predict_photos=2,
                  timeout_s={"tests": 300, "train": 300, "bench": 400, "loader": 200, "predict": 120}),
 }
@@ -100,7 +101,11 @@ def make_data(root: Path, sizes: Sizes) -> dict:
 def loader_vs_model(root: Path, sizes: Sizes, device_type: str) -> dict:
     """Images/s the training loader delivers (cached, its default workers for the device) against
     images/s the 3x3 training step consumes (bf16 + channels_last), at the same size and batch."""
-    from lk_segment.bench import BenchConfig, bench_loader, parse_setting, pick_device, project_step, random_batch
+    from lk_segment.bench.config import BenchConfig, parse_setting
+    from lk_segment.bench.loader import bench_loader
+    from lk_segment.bench.run import random_batch
+    from lk_segment.bench.steps import project_step
+    from lk_segment.bench.timing import pick_device
     from lk_segment.config import load_config, training_size
     from lk_segment.data.module import default_num_workers
 
@@ -108,17 +113,16 @@ def loader_vs_model(root: Path, sizes: Sizes, device_type: str) -> dict:
     height, width = sizes.loader
     workers = default_num_workers(device.type == "cuda")
     cfg = load_config("3x3", [f"data.root={root}", *sizes.train_args])
-    # bench_loader trains at (loader_height, the width of Carvana's aspect): 1024 -> 1024x1536
     bcfg = BenchConfig(loader_height=height, loader_images=sizes.loader_images, loader_workers=[workers])
-    loader = bench_loader(cfg, bcfg, device)
-    images, masks = random_batch(bcfg.batch_size, *training_size(height, width, 2 ** cfg.model.depth))
-    setting = parse_setting("bf16+cl")
-    model = project_step(cfg, setting, images, masks, steps=5, warmup=2, device=device)
-    cached = loader[f"cached_cpu_aug_w{workers}_images_per_s"]
-    return {"size": [height, width], "batch_size": bcfg.batch_size, "workers": workers,
+    # the model's step at the loader's size: (loader_height, the width of Carvana's aspect), 1024 -> 1024x1536
+    images, masks = random_batch(bcfg.batch_size, *training_size(height, None, 2 ** cfg.model.depth))
+    model = project_step(cfg, parse_setting("bf16+cl"), images, masks, steps=5, warmup=2, device=device)
+    loader = bench_loader(cfg, bcfg, model, device)
+    cached = loader.cached_images_per_s[f"cpu_aug_w{workers}"]
+    return {"size": loader.size, "batch_size": bcfg.batch_size, "workers": workers,
             "loader_images_per_s": cached,
-            "loader_device_aug_images_per_s": loader["cached_device_aug_w0_images_per_s"],
-            "model_images_per_s": model["images_per_s"], "loader_over_model": cached / model["images_per_s"]}
+            "loader_device_aug_images_per_s": loader.cached_images_per_s["device_aug_w0"],
+            "model_images_per_s": model.images_per_s, "loader_over_model": cached / model.images_per_s}
 
 
 STEPS = {"loader": lambda args, sizes: loader_vs_model(Path(args.work) / "carvana", sizes, args.device)}
@@ -274,14 +278,20 @@ class Check:
 
 def summarise_bench(bench: dict) -> dict:
     """The figures docs/performance.md quotes, out of the bench's JSON."""
-    steps, inference = bench["steps"], bench["inference"]
-    return {"size": bench["size"], "device_name": bench["env"]["device_name"], "setting": bench["fast_setting"],
+    steps, inference, peaks = bench["steps"], bench["inference"], bench["peaks"]
+
+    def mfu(step: dict) -> float | None:
+        roofline = step.get("roofline") or {}
+        return roofline.get("mfu")
+
+    return {"size": bench["size"], "batch": bench["config"]["batch_size"], "device_name": bench["env"]["device_name"],
+            "setting": bench["config_setting"],
             "variants": {v: {"images_per_s": row["project_fast"]["images_per_s"],
                              "peak_mem_mb": row["project_fast"]["peak_mem_mb"],
                              "reference_images_per_s": row["reference"]["images_per_s"],
+                             "mfu": mfu(row["project_fast"]),
                              "predict_ms": inference.get(v, {}).get("predict_ms")} for v, row in steps.items()},
-            "mfu_vs_bf16_matmul": bench["matmul"]["mfu_vs_bf16_matmul"],
-            "bf16_matmul_tflops": bench["matmul"]["bf16_tflops"]}
+            "bf16_matmul_tflops": peaks["bf16_tflops"], "copy_gbps": peaks["copy_gbps"]}
 
 
 def _pytest_counts(log: str) -> dict:
@@ -324,15 +334,18 @@ def markdown(results: dict) -> str:
     bench = results.get("bench")
     if bench:
         h, w = bench["size"]
-        lines += ["", f"Bench at {h}x{w}, batch 8, {bench['setting']} (training step; predict: one 1918x1280 image):",
+        lines += ["", f"Bench at {h}x{w}, batch {bench['batch']}, {bench['setting']} (training step; predict: "
+                  "one 1918x1280 image):",
                   "",
-                  "| variant | img/s | x plain fp32 reference | peak MB | predict ms/img |", "|---|---|---|---|---|"]
+                  "| variant | img/s | x plain fp32 reference | MFU | peak MB | predict ms/img |",
+                  "|---|---|---|---|---|---|"]
         for v, row in bench["variants"].items():
             ratio = row["images_per_s"] / row["reference_images_per_s"]
-            lines.append(f"| {v} | {row['images_per_s']:.1f} | {ratio:.2f} | {row['peak_mem_mb']:.0f} "
+            mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
+            lines.append(f"| {v} | {row['images_per_s']:.1f} | {ratio:.2f} | {mfu} | {row['peak_mem_mb']:.0f} "
                          f"| {_f(row['predict_ms'])} |")
-        lines.append(f"\n3x3 MFU against the bf16 matmul ({bench['bf16_matmul_tflops']:.1f} TFLOP/s): "
-                     f"{100 * bench['mfu_vs_bf16_matmul']:.1f}%")
+        lines.append(f"\nMeasured in the same run: bf16 matmul {bench['bf16_matmul_tflops']:.3g} TFLOP/s, "
+                     f"device copy {bench['copy_gbps']:.0f} GB/s (the MFU's and the roofline's denominators)")
     loader = results.get("loader")
     if loader:
         h, w = loader["size"]
