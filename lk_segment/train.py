@@ -121,7 +121,8 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     _fit(trainer, system, datamodule, resume_ckpt)
 
     run_id = trainer.strategy.broadcast(run_id)  # every rank returns the same result
-    if trainer.is_global_zero and cfg.tracking.log_model and checkpoint.best_model_path:
+    # (a run resumed on another machine may name a best checkpoint that stayed on the first one)
+    if trainer.is_global_zero and cfg.tracking.log_model and os.path.isfile(checkpoint.best_model_path):
         from lk_segment.serving import log_model
 
         log_model(run_id, checkpoint.best_model_path, tracking_uri())  # runs:/<run id>/model
