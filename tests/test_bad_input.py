@@ -215,12 +215,15 @@ def test_redact_hides_uri_credentials():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_ui_binds_localhost_unless_host_is_given():
-    def ui_line(*args: str) -> str:
-        out = subprocess.run(["make", "-n", "ui", *args], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
-        return out[out.index("mlflow ui"):]  # the command (make -n prints it, runs nothing)
+    def ui_line(target: str, *args: str) -> str:
+        out = subprocess.run(["make", "-n", target, *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=60).stdout
+        return out[out.index("lk-segment ui"):]  # the command (make -n prints it, runs nothing)
 
-    assert "--host 127.0.0.1" in ui_line()
-    assert "--host 0.0.0.0" in ui_line("HOST=0.0.0.0")
+    for target in ("ui", "server"):
+        assert "--host 127.0.0.1" in ui_line(target)
+        assert "--host 0.0.0.0" in ui_line(target, "HOST=0.0.0.0")
+    assert "--server" in ui_line("server") and "--server" not in ui_line("ui")
 
 
 @pytest.mark.slow
