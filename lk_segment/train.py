@@ -167,7 +167,8 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
     """
     try:
         return L.Trainer(
-            max_epochs=t.max_epochs, precision=t.precision, accelerator=t.accelerator, devices=t.devices,
+            max_epochs=t.max_epochs, precision=resolve_precision(t.precision, t.accelerator),
+            accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=t.strategy, deterministic=t.deterministic,
             log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
             limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar, num_sanity_val_steps=0,
