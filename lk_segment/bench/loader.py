@@ -1,7 +1,7 @@
 """The DataModule's train loader against the model's consumption at the same size and batch.
 
 First epoch: decoding the JPEG/GIF files into a fresh cache. Cached epochs: with the
-augmentation in the loader (albumentations, 0 or more workers) or on the device (kornia).
+augmentation in the loader (albumentations, 0 or more workers) or on the device (data/augment_gpu.py).
 """
 
 from __future__ import annotations
