@@ -19,6 +19,14 @@ from lk_segment.tracking import client, get_run, redact, tracking_uri
 DEFAULT_NAME, DEFAULT_ALIAS = "lk-segment", "champion"
 
 
+def use_store() -> None:
+    """Point MLflow's process-wide tracking and registry URIs at the project's store (tracking_uri())."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+
+
 def register(run_id: str, name: str = DEFAULT_NAME, alias: str | None = DEFAULT_ALIAS,
              tags: dict[str, str] | None = None) -> str:
     """Register ``runs:/<run_id>/model`` as a new version of ``name``; set ``alias`` on it; return the version."""
@@ -27,7 +35,7 @@ def register(run_id: str, name: str = DEFAULT_NAME, alias: str | None = DEFAULT_
 
     run = get_run(run_id, hint="(make register RUN=<run id>)")
     source = f"runs:/{run_id}/{MODEL_NAME}"
-    mlflow.set_tracking_uri(tracking_uri())
+    use_store()
     try:
         mlflow.models.get_model_info(source)
     except (MlflowException, OSError) as exc:
@@ -46,6 +54,7 @@ def weights_of(model_uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    use_store()  # models:/ URIs resolve against the registry: this store's, not one set earlier in the process
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/weights.ckpt",
                                                     tracking_uri=tracking_uri())
