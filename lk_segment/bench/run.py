@@ -6,7 +6,6 @@ import logging
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import psutil
 import torch
@@ -23,7 +22,7 @@ from lk_segment.bench.settings import pick_fast, sweep_settings
 from lk_segment.bench.steps import project_step, reference_step, training_cost
 from lk_segment.bench.timing import float32_mode, pick_device
 from lk_segment.config import available_variants, load_config, training_size
-from lk_segment.device import resolve_precision
+from lk_segment.device import device_name, resolve_precision
 
 
 def random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,16 +128,6 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
 
 
 def environment(device: torch.device, tf32: bool) -> Env:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = device_name(device)
     return Env(device=device.type, device_name=name, torch=torch.__version__, threads=torch.get_num_threads(),
                cpus=psutil.cpu_count(), python=platform.python_version(), tf32=tf32)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
