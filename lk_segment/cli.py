@@ -82,8 +82,8 @@ def _ui(args) -> None:
     base = f"http://{shown}:{args.port}"
     urls = experiment_urls(base)
     print(f"lk-segment: open {urls.get(args.experiment, base)}", flush=True)
-    print(f"  the training runs of experiment {args.experiment!r}, best val/dice first; the Chart view beside the "
-          "table plots every metric", flush=True)
+    print(f"  the training runs of experiment {args.experiment!r} with their Dice, best val/dice_full_best first "
+          "(a shared view: 'Override saved view' keeps its columns); the Chart view plots every metric", flush=True)
     for name, url in urls.items():
         if name != args.experiment:
             print(f"  experiment {name!r}: {url}", flush=True)

@@ -25,9 +25,10 @@ import numpy as np
 
 from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
 from lk_segment.errors import UserError
+from lk_segment.tracking import HEADLINE_METRIC
 
 CURVE_KEYS = ("val/dice", "train/loss")
-FULL_RES_KEY = "val/dice_full_best"  # logged once per run by lk_segment.full_res.FullResEval
+FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.full_res.FullResEval
 HEADLINES = {"dice_full": FULL_RES_KEY, "best_dice": "best val/dice"}  # stats key -> its name in the report
 PLOTS = {
     "dice_vs_epoch_time": "The headline Dice against epoch time; the Pareto front (nothing both faster and better) "

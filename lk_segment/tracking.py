@@ -6,6 +6,7 @@ The store is ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -79,23 +80,49 @@ def prepare_store(experiment: str) -> None:
 # says it holds model training; the runs table and charts are then its first screen.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
+# The runs table of MLflow 3 shows no metric until a user picks its columns, a choice kept in the
+# browser only. A "shared view" (what the UI's own Share button writes: an experiment tag
+# mlflow.sharedViewState.<key> holding the view as JSON, opened by ?viewStateShareKey=<key>) names
+# the columns and the order, so the page that `make ui` prints lands on the Dice of every run.
+VIEW_KEY = "lk_segment-runs"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+HEADLINE_METRIC = "val/dice_full_best"  # the Kaggle metric: mean per-image Dice at full resolution
+# few enough that val/dice stays on screen beside the MLflow assistant's panel: MLflow orders metric
+# columns by name (a columnOrder in the view is applied only some of the times the page loads)
+VIEW_METRICS = (HEADLINE_METRIC, "val/dice", "perf/epoch_time_s", "perf/gpu_peak_mem_mb")
+
+
+def _column(kind: str, name: str) -> str:
+    return f"{kind}.`{name}`"  # MLflow's canonical column key
+
+
+def training_view() -> str:
+    """The shared view of the training runs, as the JSON MLflow's UI reads: best headline Dice first."""
+    # the run names say the variant; Models shows each run's logged model and registered version
+    columns = [*(_column("metrics", m) for m in VIEW_METRICS), _column("attributes", "Models")]
+    return json.dumps({"searchFilter": "", "orderByKey": _column("metrics", HEADLINE_METRIC), "orderByAsc": False,
+                       "selectedColumns": columns})
+
 
 def mark_training_experiment(mlflow_client, experiment_id: str) -> None:
-    """Tag the experiment as model training (once), so the UI opens on its runs."""
-    experiment = mlflow_client.get_experiment(experiment_id)
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
-        mlflow_client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    """Tag the experiment as model training and give it the runs view (each once), so the UI opens on its runs."""
+    tags = mlflow_client.get_experiment(experiment_id).tags
+    wanted = {EXPERIMENT_KIND_TAG: TRAINING_KIND, VIEW_TAG: training_view()}
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            mlflow_client.set_experiment_tag(experiment_id, key, value)
 
 
 def experiment_urls(base_url: str) -> dict[str, str]:
-    """{experiment name: the UI page of its training runs, best ``val/dice`` first}, newest experiment first."""
+    """{experiment name: the UI page of its training runs, best headline Dice first}, newest experiment first."""
     from urllib.parse import urlencode
 
-    query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE",
-                       "orderByKey": "metrics.`val/dice`", "orderByAsc": "false"})
-    experiments = client().search_experiments(order_by=["creation_time DESC"])
-    return {e.name: f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?{query}" for e in experiments
-            if e.name != "Default"}
+    query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", "viewStateShareKey": VIEW_KEY})
+    mlflow_client = client()
+    experiments = [e for e in mlflow_client.search_experiments(order_by=["creation_time DESC"]) if e.name != "Default"]
+    for experiment in experiments:  # experiments logged before the view existed get it now
+        mark_training_experiment(mlflow_client, experiment.experiment_id)
+    return {e.name: f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?{query}" for e in experiments}
 
 
 def _check_served_artifacts(experiment: str) -> None:

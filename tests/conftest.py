@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -128,7 +133,9 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
 
     work = tmp_path_factory.mktemp("comparison")
     # with their MLflow models: the sweep registers them (tests/test_registry.py)
-    overrides = [o for o in tiny_overrides(tiny_root, "tracking.log_model=true") if not o.startswith("experiment=")]
+    # system metrics sampled each second: a tiny training lasts less than the default interval
+    extra = ("tracking.log_model=true", "tracking.system_metrics_interval_s=1")
+    overrides = [o for o in tiny_overrides(tiny_root, *extra) if not o.startswith("experiment=")]
     with pytest.MonkeyPatch.context() as mp:
         use_working_folder(mp, work)
         result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report", workers=2)
@@ -148,3 +155,33 @@ def comparison_copy(tiny_comparison, tmp_path) -> dict:
         db.execute("UPDATE logged_models SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
         db.execute("UPDATE model_versions SET storage_location = replace(storage_location, ?, ?)", (old, new))
     return {**tiny_comparison, "work": work, "uri": store_uri(work)}
+
+
+def start_ui(args: list[str], cwd: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """``lk-segment ui ARGS`` in ``cwd``, once it answers; (process, the first line it printed)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
+    cmd = [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    first = ""
+    while proc.poll() is None and not first.startswith("lk-segment: open"):
+        first = proc.stdout.readline()  # MLflow may first log that it creates the store's tables
+    deadline = time.time() + 240  # a loaded 2-core machine takes a while to start it
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                if r.status == 200:
+                    return proc, first
+        except OSError:
+            time.sleep(1)
+    stop_ui(proc)
+    pytest.fail(f"lk-segment ui {' '.join(args)} did not answer on port {port}: {first}")
+
+
+def stop_ui(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)  # mlflow server runs its workers in child processes
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,50 +16,20 @@ from mlflow.tracking import MlflowClient
 
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
-from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, prepare_store
+from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, VIEW_KEY, VIEW_TAG, prepare_store
 from lk_segment.train import train
-from tests.conftest import free_port, tiny_overrides
+from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
 
 pytestmark = pytest.mark.slow  # each test starts an MLflow server
-
-
-def start(args: list[str], cwd: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """``lk-segment ui ARGS`` in ``cwd``, once it answers; (process, the first line it printed)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
-    cmd = [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    first = ""
-    while proc.poll() is None and not first.startswith("lk-segment: open"):
-        first = proc.stdout.readline()  # MLflow may first log that it creates the store's tables
-    deadline = time.time() + 240  # a loaded 2-core machine takes a while to start it
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return proc, first
-        except OSError:
-            time.sleep(1)
-    stop(proc)
-    pytest.fail(f"lk-segment ui {' '.join(args)} did not answer on port {port}: {first}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # mlflow server runs its workers in child processes
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture
 def server(tmp_path):
     """`make server` on a free port in a fresh folder; yields (url, folder)."""
     port = free_port()
-    proc, _ = start(["--server"], tmp_path, port)
+    proc, _ = start_ui(["--server"], tmp_path, port)
     yield f"http://127.0.0.1:{port}", tmp_path
-    stop(proc)
+    stop_ui(proc)
 
 
 def test_a_training_against_the_server_uploads_its_artifacts_through_it(server, tiny_root, tmp_path_factory,
@@ -91,15 +61,18 @@ def test_make_ui_prints_the_training_runs_page(tiny_root, workdir):
     result = train(load_config("3x3", tiny_overrides(tiny_root)))
     experiment_id = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(result["run_id"]).info.experiment_id
     port = free_port()
-    proc, first = start(["--experiment", "test"], workdir, port)
+    proc, first = start_ui(["--experiment", "test"], workdir, port)
     try:
         url = re.search(r"open (\S+)", first).group(1)
         assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?")
-        assert "workflowType=machine_learning" in url and "val%2Fdice" in url
+        assert "workflowType=machine_learning" in url and f"viewStateShareKey={VIEW_KEY}" in url
+        view = json.loads(MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_experiment(experiment_id).tags[VIEW_TAG])
+        assert view["orderByKey"] == "metrics.`val/dice_full_best`" and not view["orderByAsc"]
+        assert {"metrics.`val/dice`", "metrics.`val/dice_full_best`"} <= set(view["selectedColumns"])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200
     finally:
-        stop(proc)
+        stop_ui(proc)
 
 
 def test_a_run_killed_on_one_machine_resumes_on_another_through_the_server(server, tiny_root, tmp_path_factory):
