@@ -154,9 +154,11 @@ def artifact_location() -> str | None:
 
 
 def client():
+    """A client of the project's store, for runs and for the model registry, whatever URIs MLflow was given
+    earlier in the process (its registry URI is process-wide; a client given no registry URI follows it)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri())
+    return MlflowClient(tracking_uri(), registry_uri=tracking_uri())
 
 
 def get_run(run_id: str, hint: str = "or pass CKPT=<path to a .ckpt> instead"):

@@ -49,6 +49,14 @@ def store_uri(path: Path) -> str:
     return f"sqlite:///{path}/mlruns/mlflow.db"
 
 
+def store_client(uri: str):
+    """An MLflow client of the store ``uri`` for runs and registry alike: a client given no registry URI reads
+    the registry of whatever store a test before it pointed MLflow's process-wide registry URI at."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(uri, registry_uri=uri)
+
+
 def use_working_folder(mp: pytest.MonkeyPatch, path: Path) -> Path:
     """Make ``path`` the working folder, with its own MLflow store, until ``mp`` is undone."""
     (path / "mlruns").mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, start_ui, stop_ui
+from tests.conftest import free_port, start_ui, stop_ui, store_client
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -77,7 +76,7 @@ def test_compare_page_shows_each_run_its_variant_and_metrics(tiny_comparison, ma
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    client = MlflowClient(tiny_comparison["uri"])
+    client = store_client(tiny_comparison["uri"])
     exp_id = client.get_experiment_by_name(tiny_comparison["experiment"]).experiment_id
     children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{tiny_comparison['parent_run_id']}'",
                                   order_by=["tags.variant", "tags.seed"])
@@ -118,7 +117,7 @@ def test_compare_page_shows_each_run_its_variant_and_metrics(tiny_comparison, ma
 
 
 def _children(tiny_comparison) -> tuple[str, list]:
-    client = MlflowClient(tiny_comparison["uri"])
+    client = store_client(tiny_comparison["uri"])
     exp_id = client.get_experiment_by_name(tiny_comparison["experiment"]).experiment_id
     runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{tiny_comparison['parent_run_id']}'")
     return exp_id, runs
@@ -166,7 +165,7 @@ def test_the_page_make_ui_prints_shows_every_run_with_its_val_dice(tiny_comparis
 
 def test_a_runs_page_shows_its_model_datasets_and_system_metrics(tiny_comparison, make_ui, browser):
     """The champion's run page: its logged model and registered version, its datasets; then its system metrics."""
-    client = MlflowClient(tiny_comparison["uri"])
+    client = store_client(tiny_comparison["uri"])
     exp_id, _ = _children(tiny_comparison)
     champion = client.get_model_version_by_alias(tiny_comparison["experiment"], "champion")
     run = client.get_run(champion.run_id)

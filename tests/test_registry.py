@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
 
 from lk_segment.cli import main
 from lk_segment.errors import UserError
 from lk_segment.model_registry import register
 from lk_segment.report import headline, load_comparison, summarise
-from tests.conftest import use_working_folder
+from tests.conftest import store_client, use_working_folder
 
 pytestmark = pytest.mark.slow  # they read the trained tiny comparison
 
@@ -26,7 +25,7 @@ def in_comparison(tiny_comparison, monkeypatch):
 
 def test_compare_registers_each_variant_and_the_best_as_champion(in_comparison):
     name = in_comparison["experiment"]
-    client = MlflowClient(in_comparison["uri"])
+    client = store_client(in_comparison["uri"])
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(v.tags["variant"] for v in versions) == ["1x5", "3x3"]
     assert in_comparison["registered"] and set(in_comparison["registered"]) == {"1x5", "3x3"}
@@ -39,7 +38,7 @@ def test_compare_registers_each_variant_and_the_best_as_champion(in_comparison):
 
 def test_predict_from_the_registry_writes_the_champion_runs_masks(in_comparison, tiny_root, tmp_path):
     name = in_comparison["experiment"]
-    champion = MlflowClient(in_comparison["uri"]).get_model_version_by_alias(name, "champion")
+    champion = store_client(in_comparison["uri"]).get_model_version_by_alias(name, "champion")
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "synth0001_03.jpg").write_bytes((tiny_root / "train" / "synth0001_03.jpg").read_bytes())
@@ -57,14 +56,14 @@ def test_make_register_adds_a_version_with_its_alias(comparison_copy, monkeypatc
     run_id = next(iter(load_comparison(comparison_copy["experiment"])[1])).run_id
     assert main(["register", "--run", run_id, "--name", "lk-test", "--alias", "staging"]) == 0
     assert "models:/lk-test@staging" in capsys.readouterr().out
-    version = MlflowClient(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging")
+    version = store_client(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging")
     assert version.tags["run_id"] == run_id
     assert np.isfinite(float(version.version))
 
 
 def test_a_run_without_a_model_cannot_be_registered(comparison_copy, monkeypatch):
     use_working_folder(monkeypatch, comparison_copy["work"])
-    client = MlflowClient(comparison_copy["uri"])
+    client = store_client(comparison_copy["uri"])
     run_id = client.create_run(client.create_experiment("bare")).info.run_id
     with pytest.raises(UserError, match="has no MLflow model"):
         register(run_id)
