@@ -151,7 +151,9 @@ def test_an_exception_leaves_the_run_failed(tiny_root, workdir):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workdir, monkeypatch, capsys):
-    handler = signal.getsignal(signal.SIGINT)
+    before = signal.getsignal(signal.SIGINT)
+    handler = signal.default_int_handler  # Python's own Ctrl-C, whatever a test before this one left
+    signal.signal(signal.SIGINT, handler)
     try:
         # Lightning shuts down gracefully and calls exit(1); train() turns that back into the interrupt
         with pytest.raises(KeyboardInterrupt):
@@ -165,7 +167,7 @@ def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workd
         assert main(["train", "-v", "3x3", *_overrides(tiny_root)]) == 130
         assert capsys.readouterr().err.strip().endswith("lk-segment: interrupted")
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.slow
