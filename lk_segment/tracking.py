@@ -104,9 +104,12 @@ def training_view() -> str:
                        "selectedColumns": columns})
 
 
-def mark_training_experiment(mlflow_client, experiment_id: str) -> None:
-    """Tag the experiment as model training and give it the runs view (each once), so the UI opens on its runs."""
-    tags = mlflow_client.get_experiment(experiment_id).tags
+def mark_training_experiment(mlflow_client, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Tag the experiment as model training and give it the runs view (each once), so the UI opens on its runs.
+
+    ``tags``: the experiment's tags where the caller has them already (else they are read)."""
+    if tags is None:
+        tags = mlflow_client.get_experiment(experiment_id).tags
     wanted = {EXPERIMENT_KIND_TAG: TRAINING_KIND, VIEW_TAG: training_view()}
     for key, value in wanted.items():
         if tags.get(key) != value:
@@ -121,7 +124,7 @@ def experiment_urls(base_url: str) -> dict[str, str]:
     mlflow_client = client()
     experiments = [e for e in mlflow_client.search_experiments(order_by=["creation_time DESC"]) if e.name != "Default"]
     for experiment in experiments:  # experiments logged before the view existed get it now
-        mark_training_experiment(mlflow_client, experiment.experiment_id)
+        mark_training_experiment(mlflow_client, experiment.experiment_id, experiment.tags)
     return {e.name: f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?{query}" for e in experiments}
 
 
