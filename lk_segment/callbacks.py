@@ -2,18 +2,69 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 
 import lightning as L
+import psutil
 import torch
+
+# An epoch counts as having shared the machine when other processes used more than this share of
+# all its cores while it trained (a quiet machine's background stays near 0.01). Its times are then
+# not the model's: the study report leaves such runs out of its cost columns and says why.
+SHARED_MACHINE_THRESHOLD = 0.10
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) of this process, its live children (DataLoader
+    workers) and the children it has already reaped."""
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:  # ended between the listing and the read
+            pass
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + reaped.ru_utime + reaped.ru_stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (not idle, not waiting for I/O) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+class MachineShare:
+    """Who had the machine between ``start()`` and ``stop()``: this process tree, or others too.
+
+    ``own_share``: this process tree's CPU time / (wall time x torch's threads), near 1 for a
+    compute-bound training alone on its cores; ``others_share``: the CPU time the rest of the
+    machine used / (wall time x cores), near 0 on a quiet machine; ``load_avg``: the 1-minute
+    load average at the end (it lags: a record beside the two, not the rule).
+    """
+
+    def start(self) -> None:
+        self.wall, self.own, self.busy = time.perf_counter(), tree_cpu_seconds(), machine_busy_seconds()
+
+    def stop(self) -> dict[str, float]:
+        wall = max(time.perf_counter() - self.wall, 1e-9)
+        own = tree_cpu_seconds() - self.own
+        others = max(0.0, machine_busy_seconds() - self.busy - own)
+        cores = psutil.cpu_count() or 1
+        return {"own_share": own / (wall * max(1, min(torch.get_num_threads(), cores))),
+                "others_share": min(1.0, others / (wall * cores)), "load_avg": os.getloadavg()[0]}
 
 
 class PerfMonitor(L.Callback):
     """Logs per training epoch, with the same names in every run:
 
     ``perf/epoch_time_s`` (wall time of the training batches, validation excluded; max over
-    ranks), ``perf/train_images_per_s`` (all ranks together), ``perf/cpu_peak_rss_mb``
+    ranks), ``perf/train_time_cum_s`` (the sum of those over the epochs so far, kept across a
+    resume: the x axis of time to accuracy), ``perf/train_images_per_s`` (all ranks together),
+    ``perf/own_cpu_share``, ``perf/others_cpu_share`` and ``perf/load_avg_1m`` (``MachineShare``
+    over the epoch, its validation included: did the run have the machine to itself?), ``perf/cpu_peak_rss_mb``
     (peak resident memory of the process so far; max over ranks) and, when the module trains
     on a CUDA device, ``perf/gpu_peak_mem_mb`` and ``perf/gpu_peak_reserved_mb``
     (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, reset at each epoch start).
@@ -24,8 +75,19 @@ class PerfMonitor(L.Callback):
     The branch keys on the device the module is on, not on whether the machine has CUDA.
     """
 
+    def __init__(self):
+        self.train_time_cum_s = 0.0  # checkpointed (state_dict): a resumed run's curve goes on
+        self.share = MachineShare()
+
+    def state_dict(self) -> dict:
+        return {"train_time_cum_s": self.train_time_cum_s}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.train_time_cum_s = float(state_dict.get("train_time_cum_s", 0.0))
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images = 0
+        self.share.start()
         self.cuda = pl_module.device.type == "cuda"
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(pl_module.device)
@@ -49,8 +111,14 @@ class PerfMonitor(L.Callback):
         else:
             seconds = self.end - self.start
         seconds = max(seconds, 1e-9)
+        share = self.share.stop()
+        self.train_time_cum_s += seconds  # this rank's; logged as the max over ranks like the epoch's
         log = pl_module.log
         log("perf/epoch_time_s", seconds, sync_dist=True, reduce_fx="max")
+        log("perf/train_time_cum_s", self.train_time_cum_s, sync_dist=True, reduce_fx="max")
+        log("perf/own_cpu_share", share["own_share"], sync_dist=True, reduce_fx="min")
+        log("perf/others_cpu_share", share["others_share"], sync_dist=True, reduce_fx="max")
+        log("perf/load_avg_1m", share["load_avg"], sync_dist=True, reduce_fx="max")
         log("perf/train_images_per_s", self.images / seconds, sync_dist=True, reduce_fx="sum")
         log("perf/cpu_peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             sync_dist=True, reduce_fx="max")

@@ -148,7 +148,7 @@ def _erf(args) -> None:
 
 
 def _compare(args) -> None:
-    from lk_segment.compare import compare
+    from lk_segment.comparison.sweep import compare
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
@@ -159,7 +159,7 @@ def _compare(args) -> None:
 
 
 def _report(args) -> None:
-    from lk_segment.report import write_report
+    from lk_segment.comparison.report import write_report
 
     out = args.out or os.path.join("reports", args.experiment)
     result = write_report(args.experiment, out, parent_run_id=args.run, markdown_path=args.markdown)

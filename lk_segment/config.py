@@ -45,6 +45,10 @@ class DataConfig:
     width: int | None = None
     val_fraction: float = 0.2  # of the cars (never of the images: a car's 16 views stay together)
     split_seed: int = 0  # the split does not move with the training seed
+    # k-fold cross-validation by car (make study): folds=k >= 2 deals the cars to k folds and fold
+    # data.fold validates (val_fraction is then unused); 0: the val_fraction split
+    folds: int = 0
+    fold: int = 0
     batch_size: int = 8
     # None: 0 when training on the CPU (workers compete with the step for the cores), on CUDA a share
     # of the cores per device (persistent workers); see data.module.default_num_workers

@@ -65,32 +65,20 @@ def weights_of(model_uri: str) -> Path:
     return Path(local)
 
 
-def register_comparison(experiment: str, parent_run_id: str) -> dict[str, str]:
-    """Each variant's best seed (by the headline Dice) as a version of the model ``experiment``, tagged
-    with its variant; the alias ``champion`` on the best variant's (by the headline's mean over seeds).
+def register_comparison(experiment: str, parent_run_id: str, ranking: list[tuple[str, str, int]]) -> dict[str, str]:
+    """Each variant's chosen run as a version of the model ``experiment``, tagged with its variant; the
+    alias ``champion`` on the first. ``ranking``: (variant, run id, seed), best first, as the comparison's
+    report ranked them from its records (``lk_segment.comparison``).
 
     Returns {variant: version}; runs logged without a model (``tracking.log_model=false``) are left out.
     """
-    from lk_segment.report import HEADLINES, headline, load_comparison, summarise
-
-    _, records = load_comparison(experiment, parent_run_id)
-    rows = summarise(records)
-    if not rows:
-        return {}
-    key = headline(rows)
-    metric = HEADLINES[key] if key == "dice_full" else None
-
-    def score(record) -> float:
-        return record.metrics[metric] if metric else record.best_dice
-
     versions: dict[str, str] = {}
-    for row in sorted(rows, key=lambda r: -r.stats[key][0]):  # the champion first
-        best_seed = max((r for r in records if r.variant == row.variant), key=score)
+    for variant, run_id, seed in ranking:
         try:
-            versions[row.variant] = register(best_seed.run_id, experiment, alias=None,
-                                             tags={"seed": str(best_seed.seed), "parent_run_id": parent_run_id})
+            versions[variant] = register(run_id, experiment, alias=None,
+                                         tags={"seed": str(seed), "parent_run_id": parent_run_id})
         except UserError as exc:
-            print(f"[compare] {row.variant} not registered: {exc}", flush=True)
+            print(f"[compare] {variant} not registered: {exc}", flush=True)
     if versions:
         champion = next(iter(versions))
         client().set_registered_model_alias(experiment, DEFAULT_ALIAS, versions[champion])

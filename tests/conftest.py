@@ -137,7 +137,7 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     Shared, read-only, by tests/test_compare.py and tests/test_browser.py: four trainings, run
     once, two at a time (the one-training-per-GPU scheduler, here on CPU).
     """
-    from lk_segment.compare import compare
+    from lk_segment.comparison.sweep import compare
 
     work = tmp_path_factory.mktemp("comparison")
     # with their MLflow models: the sweep registers them (tests/test_registry.py)

@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lk_segment.cli import main
-from lk_segment.compare import PARENT_TAG, ROLE_TAG, compare, sweep_key
+from lk_segment.comparison.report import RunRecord, conclusions, exceeds_spread, pareto_front, summarise, write_report
+from lk_segment.comparison.sweep import PARENT_TAG, ROLE_TAG, compare, sweep_key
 from lk_segment.errors import UserError
-from lk_segment.report import RunRecord, conclusions, exceeds_spread, pareto_front, summarise, write_report
 from tests.conftest import use_working_folder
 
 PLOTS = {"dice_vs_epoch_time.png", "dice_vs_params.png", "training_curves.png"}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from lk_segment.cli import main
+from lk_segment.comparison.report import headline, load_comparison, summarise
 from lk_segment.errors import UserError
 from lk_segment.model_registry import register
-from lk_segment.report import headline, load_comparison, summarise
 from tests.conftest import store_client, use_working_folder
 
 pytestmark = pytest.mark.slow  # they read the trained tiny comparison

@@ -6,7 +6,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from lk_segment.report import RunRecord, conclusions, headline, pareto_front, regenerate_command, summarise, table_rows
+from lk_segment.comparison.report import (
+    RunRecord,
+    conclusions,
+    headline,
+    pareto_front,
+    regenerate_command,
+    summarise,
+    table_rows,
+)
 
 
 def run(variant: str, seed: int, low: float, full: float | None, epoch_time_s: float = 1.0) -> RunRecord:

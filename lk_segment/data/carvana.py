@@ -88,14 +88,28 @@ def find_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
     return samples, sorted(bad, key=lambda b: b.path)
 
 
-def split_by_car(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Seeded split of the cars (never of the images): all views of a car land on one side."""
+def split_by_car(samples: list[Sample], val_fraction: float, seed: int, folds: int = 0,
+                 fold: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Seeded split of the cars (never of the images): all views of a car land on one side.
+
+    ``folds`` = 0: a ``val_fraction`` of the cars validates. ``folds`` = k >= 2: k-fold cross-validation
+    by car: the cars, shuffled by ``seed``, are dealt to k folds in turn (sizes differ by one at most)
+    and fold ``fold`` validates, so over the k folds every car is validated exactly once.
+    """
     cars = sorted({s.car for s in samples})
     if len(cars) < 2:
         raise UserError(f"need at least 2 cars to split train/validation, found {len(cars)}")
     order = np.random.default_rng(seed).permutation(len(cars))
-    n_val = min(len(cars) - 1, max(1, round(len(cars) * val_fraction)))
-    val_cars = {cars[i] for i in order[:n_val]}
+    if folds:
+        if folds < 2 or folds > len(cars):
+            raise UserError(f"data.folds={folds}: give 0 (a val_fraction split) or 2..{len(cars)} (one fold per car "
+                            f"at most: {len(cars)} cars)")
+        if not 0 <= fold < folds:
+            raise UserError(f"data.fold={fold}: give 0..{folds - 1} (data.folds={folds})")
+        val_cars = {cars[i] for j, i in enumerate(order) if j % folds == fold}
+    else:
+        n_val = min(len(cars) - 1, max(1, round(len(cars) * val_fraction)))
+        val_cars = {cars[i] for i in order[:n_val]}
     train = [s for s in samples if s.car not in val_cars]
     val = [s for s in samples if s.car in val_cars]
     return train, val

@@ -169,7 +169,8 @@ class CarvanaDataModule(L.LightningDataModule):
         samples = self._samples()
         cache = self._cache(samples)  # built already by prepare_data() unless, e.g., in a notebook
         images, masks = cache.load()
-        train, val = split_by_car(samples, self.cfg.val_fraction, self.cfg.split_seed)
+        train, val = split_by_car(samples, self.cfg.val_fraction, self.cfg.split_seed, self.cfg.folds,
+                                  self.cfg.fold)
         unusable = {b.path for b in cache.skipped}
         train = [s for s in train if s.image not in unusable]  # filtered after the split: it stays put
         val = [s for s in val if s.image not in unusable]

@@ -18,16 +18,15 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
-from lk_segment.errors import UserError
+from lk_segment.comparison.records import CURVE_KEYS, RunRecord, load_comparison
 from lk_segment.tracking import HEADLINE_METRIC
 
-CURVE_KEYS = ("val/dice", "train/loss")
 FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.full_res.FullResEval
 HEADLINES = {"dice_full": FULL_RES_KEY, "best_dice": "best val/dice"}  # stats key -> its name in the report
 PLOTS = {
@@ -41,22 +40,6 @@ PLOTS = {
 
 
 @dataclass
-class RunRecord:
-    variant: str
-    seed: int
-    run_id: str
-    best_dice: float
-    epoch_time_s: float
-    images_per_s: float
-    peak_mem_mb: float
-    mem_kind: str  # "GPU" or "CPU RSS"
-    params: dict[str, str]
-    metrics: dict[str, float]
-    curves: dict[str, list[float]] = field(default_factory=dict)
-    erf: np.ndarray | None = None
-
-
-@dataclass
 class VariantRow:
     variant: str
     seeds: int
@@ -66,82 +49,9 @@ class VariantRow:
     rf_px: float | None
 
 
-def load_comparison(experiment: str, parent_run_id: str | None = None) -> tuple[object, list[RunRecord]]:
-    """The parent run (the latest comparison unless given) and its FINISHED children."""
-    from lk_segment.tracking import ROLE_TAG, finished_child_runs, tracking_uri
-    from lk_segment.tracking import client as mlflow_client
-
-    client = mlflow_client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise UserError(
-            f"no MLflow experiment {experiment!r} in {tracking_uri()}: run `make compare` first "
-            "or pass the experiment's name as shown by `make ui`"
-        )
-    if parent_run_id is None:
-        parents = client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{ROLE_TAG}` = 'comparison'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not parents:
-            raise UserError(f"experiment {experiment!r} holds no comparison (no run tagged {ROLE_TAG}=comparison)")
-        parent = parents[0]
-    else:
-        parent = client.get_run(parent_run_id)
-    latest = finished_child_runs(client, exp.experiment_id, parent.info.run_id)
-    if not latest:
-        raise UserError(f"comparison {parent.info.run_id} has no finished training yet: wait for its first run")
-    return parent, [_record(client, run) for run in latest.values()]
-
-
-def _record(client, run) -> RunRecord:
-    history = {
-        key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
-        for key in (
-            *CURVE_KEYS,
-            "perf/epoch_time_s",
-            "perf/train_images_per_s",
-            "perf/gpu_peak_mem_mb",
-            "perf/cpu_peak_rss_mb",
-        )
-    }
-    gpu = history["perf/gpu_peak_mem_mb"]
-    return RunRecord(
-        variant=run.data.tags["variant"],
-        seed=int(run.data.tags["seed"]),
-        run_id=run.info.run_id,
-        best_dice=max(history["val/dice"], default=math.nan),
-        epoch_time_s=_median(history["perf/epoch_time_s"]),
-        images_per_s=_median(history["perf/train_images_per_s"]),
-        peak_mem_mb=max(gpu or history["perf/cpu_peak_rss_mb"] or [math.nan]),
-        mem_kind="GPU" if gpu else "CPU RSS",
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        curves={key: history[key] for key in CURVE_KEYS},
-        erf=_load_erf(client, run.info.run_id),
-    )
-
-
 def _erf_stat(fraction: float) -> str:
     """0.5 -> 'erf_50_px': the summary's name for the ERF side at that fraction."""
     return f"erf_{round(fraction * 100)}_px"
-
-
-def _median(values: list[float]) -> float:
-    return float(np.median(values)) if values else math.nan
-
-
-def _load_erf(client, run_id: str) -> np.ndarray | None:
-    import mlflow
-
-    from lk_segment.tracking import tracking_uri
-
-    if "erf/erf.npy" not in {a.path for a in client.list_artifacts(run_id, "erf")}:
-        return None
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="erf/erf.npy", tracking_uri=tracking_uri())
-    return np.load(path)
 
 
 def _number(text: str | None) -> float | None:
@@ -509,7 +419,23 @@ def write_report(
         "markdown": markdown,
         "plots": plots,
         "conclusions": conclusions(rows),
+        "champions": champions(records, rows),
     }
+
+
+def champions(records: list[RunRecord], rows: list[VariantRow]) -> list[tuple[str, str, int]]:
+    """(variant, run id, seed) of each variant's best seed by the headline, the best variant (by the
+    headline's mean over seeds) first: what the model registry registers, the first as champion."""
+    key = headline(rows)
+
+    def score(record: RunRecord) -> float:
+        return record.metrics[FULL_RES_KEY] if key == "dice_full" else record.best_dice
+
+    best = []
+    for row in sorted(rows, key=lambda r: -r.stats[key][0]):
+        run = max((r for r in records if r.variant == row.variant), key=score)
+        best.append((row.variant, run.run_id, run.seed))
+    return best
 
 
 def _markdown(
