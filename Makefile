@@ -34,6 +34,9 @@ BENCH_OUT ?= bench.json
 VARIANTS ?= 3x3 5x5 1x5 gcn replk
 SEEDS ?= 3
 EXPERIMENT ?= compare
+STUDY ?= cpu-sample
+STUDY_OUT ?=
+STUDY_MD ?=
 TEST_ARGS ?=
 TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -75,9 +78,12 @@ install: $(STAMP) ## create .venv and install the project (done on first use by 
 train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_epochs=3 data.root=..." (RESUME=<run id>|last after a crash)
 	$(BIN)/lk-segment train --variant $(VARIANT) $(ARGS) $(if $(RESUME),resume=$(RESUME))
 
-.PHONY: compare report
+.PHONY: compare report study
 compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the report: make compare VARIANTS="3x3 5x5" SEEDS=3 ARGS="..."
 	$(BIN)/lk-segment compare --experiment $(EXPERIMENT) --variants $(VARIANTS) --seeds $(SEEDS) $(ARGS)
+
+study: $(STAMP) ## the study of configs/study/$(STUDY).yaml: every variant x fold, report with intervals (resumes): make study STUDY=cpu-sample
+	$(BIN)/lk-segment study $(STUDY) $(if $(STUDY_OUT),--out "$(STUDY_OUT)") $(if $(STUDY_MD),--markdown "$(STUDY_MD)") $(ARGS)
 
 report: $(STAMP) ## results table, plots, conclusions of a comparison from MLflow alone: make report EXPERIMENT=compare
 	$(BIN)/lk-segment report $(EXPERIMENT) $(ARGS)

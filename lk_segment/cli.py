@@ -1,4 +1,4 @@
-"""The ``lk-segment`` command: train, predict, evaluate, config, variants, erf, compare, report, bench, ui.
+"""The ``lk-segment`` command: train, predict, evaluate, config, variants, erf, compare, study, report, bench, ui.
 
 A mistake the user can fix (a bad key, a missing folder, an unknown run id) prints one line
 that names it and exits with status 2; ``--debug`` shows the traceback instead.
@@ -158,6 +158,15 @@ def _compare(args) -> None:
           f"skipped (already finished); report {result['report']['markdown']}")
 
 
+def _study(args) -> None:
+    from lk_segment.comparison.study import run_study
+
+    report = run_study(args.study, args.overrides, out_dir=args.out, markdown=args.markdown,
+                       report_only=args.report_only)
+    print(f"study {args.study}: report {report['markdown']} (also logged to parent run {report['parent_run_id']})")
+    print(report["answer"])
+
+
 def _report(args) -> None:
     from lk_segment.comparison.report import write_report
 
@@ -305,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the report (default reports/<experiment>)")
     p.add_argument("overrides", nargs="*", help="key=value overrides shared by every run, e.g. trainer.max_epochs=3")
     p.set_defaults(func=_compare)
+
+    p = sub.add_parser("study", help="a study of configs/study/: every variant x fold by car, the report with "
+                       "intervals and costs (resumes where it stopped)")
+    p.add_argument("study", help="a name of configs/study/ (e.g. cpu-sample) or a .yaml file")
+    p.add_argument("--out", help="folder for the CSVs and plots (default reports/study-<name>)")
+    p.add_argument("--markdown", help="path of the Markdown report (default <out>/results.md)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: the report of the latest study run")
+    p.add_argument("overrides", nargs="*", help="key=value overrides after the study's own (a new study run)")
+    p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="results table, plots and conclusions of a comparison, from MLflow alone")
     p.add_argument("experiment", help="the MLflow experiment of the comparison")

@@ -178,6 +178,6 @@ def test_restarted_sweep_trains_only_what_did_not_finish(comparison_copy, tiny_c
     assert len(result["skipped"]) == 3
     assert client.get_run(interrupted).info.status == "KILLED"
     out = capfd.readouterr().out
-    assert "3 already finished, 1 to train" in out and "run 4/4 (1x5, seed 1): epoch 1/1" in out and "left" in out
+    assert "3 already finished, 1 to train" in out and "run 4/4 (1x5 seed 1): epoch 1/1" in out and "left" in out
     assert np.isfinite(result["report"]["rows"][1].stats["best_dice"][0])
     assert MlflowClient(tiny_comparison["uri"]).get_run(interrupted).info.status == "FINISHED"  # the shared one

@@ -42,6 +42,7 @@ class RunRecord:
     erf: np.ndarray | None = None
     fold: int | None = None  # a study's cross-validation fold
     photo_scores: dict[str, tuple[str, float]] = field(default_factory=dict)  # photo -> (car, full-res Dice)
+    wall_s: float = math.nan  # the run's start to end, in MLflow (across a resume: first start to last end)
 
     @property
     def machine(self) -> str:
@@ -105,6 +106,7 @@ def record(client, run, photos: bool = False) -> RunRecord:
         erf=_load_erf(client, run.info.run_id),
         fold=int(fold) if fold is not None else None,
         photo_scores=_load_photo_scores(client, run.info.run_id) if photos else {},
+        wall_s=(run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else math.nan,
     )
 
 

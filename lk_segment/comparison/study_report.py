@@ -1,0 +1,348 @@
+"""The study's report, from its MLflow records alone: the answer, with intervals, and its cost.
+
+- **Accuracy**: per variant, the mean per-photo full-resolution Dice over every photo of the sample
+  (each scored by the fold model that did not train on its car) and its difference to the reference
+  with a car-bootstrap interval (``statistics.car_bootstrap``); the verdict follows from the interval.
+- **Trained enough**: whether each variant's median ``val/dice`` curve over folds had flattened.
+- **Cost**: params, GFLOPs per image, peak memory, epoch time and total training time of the runs
+  that had the machine to themselves, per machine (device and precision), and the clean step time
+  of each variant measured in turns (``study.bench_steps``). A run that shared the machine is named
+  with the reason and left out of the time columns.
+- **Time to accuracy**: ``val/dice`` against cumulative training time (median over folds), Dice at
+  equal epochs and at equal time (the training time of the fastest variant).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lk_segment.callbacks import SHARED_MACHINE_THRESHOLD
+from lk_segment.comparison import statistics as st
+from lk_segment.comparison.records import RunRecord, load_comparison, median
+from lk_segment.tracking import HEADLINE_METRIC
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    runs: list[RunRecord]  # one per fold
+    photos: dict[str, tuple[str, float]]  # every validated photo -> (car, full-resolution Dice)
+    difference: st.Difference | None  # against the reference (None for the reference itself)
+    curve_times: list[float] = field(default_factory=list)  # median over clean folds, per epoch
+    curve_dice: list[float] = field(default_factory=list)  # median val/dice over folds, per epoch
+    clean: list[RunRecord] = field(default_factory=list)  # runs that had the machine to themselves
+
+    @property
+    def mean_dice(self) -> float:
+        return float(np.mean([d for _, d in self.photos.values()])) if self.photos else math.nan
+
+    @property
+    def gain(self) -> float:
+        return st.last_quarter_gain(self.curve_dice)
+
+
+def shared_machine(record: RunRecord, threshold: float | None = None) -> str | None:
+    """Why a run's times are not the model's, or None when it had the machine to itself."""
+    threshold = SHARED_MACHINE_THRESHOLD if threshold is None else threshold
+    others = record.curves.get("perf/others_cpu_share", [])
+    if not others:
+        return "its machine share was not recorded (a run from before perf/others_cpu_share)"
+    worst = int(np.argmax(others))
+    if others[worst] <= threshold:
+        return None
+    load = record.curves.get("perf/load_avg_1m", [])
+    load_text = f", 1-minute load average {load[worst]:.1f}" if worst < len(load) else ""
+    busy = sum(o > threshold for o in others)
+    return (f"other processes used {others[worst]:.0%} of the machine's cores in epoch {worst + 1}{load_text} "
+            f"({busy} of {len(others)} epochs above {threshold:.0%})")
+
+
+def results(study, records: list[RunRecord]) -> dict[str, VariantResult]:
+    by_variant = {v: sorted((r for r in records if r.variant == v), key=lambda r: r.fold or 0) for v in study.variants}
+    photos = {v: {p: s for r in runs for p, s in r.photo_scores.items()} for v, runs in by_variant.items()}
+    out = {}
+    for variant, runs in by_variant.items():
+        if not runs:
+            continue
+        difference = None
+        if variant != study.reference and photos[variant] and photos.get(study.reference):
+            difference = st.difference(study.reference, photos[study.reference], variant, photos[variant],
+                                       resamples=study.resamples, confidence=study.confidence)
+        clean = [r for r in runs if shared_machine(r) is None]
+        timed = clean or runs
+        length = min(len(r.curves["val/dice"]) for r in runs)
+        out[variant] = VariantResult(
+            variant, runs, photos[variant], difference,
+            curve_times=st.median_curve([r.curves["perf/train_time_cum_s"][:length] for r in timed]),
+            curve_dice=st.median_curve([r.curves["val/dice"][:length] for r in runs]), clean=clean)
+    return out
+
+
+def machines(found: dict[str, VariantResult]) -> dict[str, list[str]]:
+    """Machine -> the variants with clean runs measured there."""
+    groups: dict[str, list[str]] = {}
+    for result in found.values():
+        for machine in sorted({r.machine for r in result.clean}):
+            groups.setdefault(machine, []).append(result.variant)
+    return groups
+
+
+def equal_time(found: dict[str, VariantResult], machine: str) -> tuple[float, dict[str, float]]:
+    """The fastest variant's median total training time on ``machine`` and every variant's val/dice by then."""
+    curves = {v: r for v, r in found.items() if r.clean and all(c.machine == machine for c in r.clean)
+              and r.curve_times}
+    if not curves:
+        return math.nan, {}
+    budget = min(r.curve_times[-1] for r in curves.values())
+    return budget, {v: st.value_at(r.curve_times, r.curve_dice, budget) for v, r in curves.items()}
+
+
+def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> str:
+    """The paragraph on top: what the intervals allow one to say, and the cost beside it."""
+    ref = found.get(study.reference)
+    if ref is None:
+        return f"No finished run of the reference {study.reference} yet: nothing can be compared."
+    cars = len({c for c, _ in ref.photos.values()})
+    parts = [f"Against {study.reference} (mean per-photo full-resolution Dice {ref.mean_dice:.4f} over "
+             f"{len(ref.photos)} photos of {cars} cars, each scored by the fold model that never saw its car), "
+             f"with {study.confidence:.0%} intervals from a bootstrap over cars:"]
+    groups: dict[str, list[str]] = {"better": [], "worse": [], "no detectable difference": []}
+    for result in found.values():
+        d = result.difference
+        if d is not None:
+            groups[d.verdict].append(f"{result.variant} ({d.diff:+.4f}, [{d.low:+.4f}, {d.high:+.4f}])")
+    for label, items in groups.items():
+        if items:
+            parts.append(f"{label}: {'; '.join(items)}.")
+    not_worse = [v for v, r in found.items() if v == study.reference or (r.difference and r.difference.verdict !=
+                                                                         "worse")]
+    if steps and all(v in steps for v in not_worse):
+        cheapest = min(not_worse, key=lambda v: steps[v])
+        ratio = steps[cheapest] / steps[study.reference] if study.reference in steps else math.nan
+        parts.append(f"Of the variants not worse than {study.reference}, the cheapest clean training step on this "
+                     f"machine is {cheapest}'s ({steps[cheapest]:.0f} ms, x{ratio:.2f} of {study.reference}'s).")
+    not_flat = [v for v, r in found.items() if not st.flattened(r.curve_dice)]
+    if not_flat:
+        parts.append(f"Still climbing at the end of training (last-quarter gain >= {st.FLAT_GAIN}): "
+                     f"{', '.join(not_flat)}; their verdicts may change with longer training.")
+    else:
+        parts.append(f"Every variant's median val/dice curve had flattened (last-quarter gain < {st.FLAT_GAIN}).")
+    parts.append(f"The intervals are per comparison ({len(found) - 1} against one reference, no correction for "
+                 "multiple comparisons) and cover the sampling of cars, not a change of training seed beyond the "
+                 "one each fold used.")
+    return " ".join(parts)
+
+
+def _f(value: float | None, digits: int, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:,.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
+            *["| " + " | ".join(row) + " |" for row in rows]]
+
+
+def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str | Path | None = None) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lk_segment.tracking import client
+
+    parent, records = load_comparison(study.name, parent_id, role="study", photos=True)
+    steps = {v: parent.data.metrics[f"bench/step_ms/{v}"] for v in study.variants
+             if f"bench/step_ms/{v}" in parent.data.metrics}
+    found = results(study, records)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = Path(markdown) if markdown is not None else out_dir / "results.md"
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    groups = machines(found)
+    plots = {"time_to_accuracy": plot_time_to_accuracy(found, groups, out_dir / "time_to_accuracy.png"),
+             "differences": plot_differences(study, found, out_dir / "differences.png")}
+    write_csvs(study, found, steps, out_dir)
+    text = study_markdown(study, parent, found, steps, groups, plots, markdown)
+    markdown.write_text(text)
+    mlflow = client()
+    for path in [markdown, out_dir / "variants.csv", out_dir / "runs.csv", *plots.values()]:
+        mlflow.log_artifact(parent.info.run_id, str(path), "report")
+    return {"parent_run_id": parent.info.run_id, "markdown": markdown, "plots": plots, "results": found,
+            "answer": answer(study, found, steps), "csv": out_dir / "variants.csv"}
+
+
+def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], out_dir: Path) -> None:
+    with open(out_dir / "variants.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "folds", "photos", "cars", "mean_dice_full", "diff_vs_reference", "ci_low",
+                         "ci_high", "verdict", "last_quarter_gain", "params", "gflops", "clean_runs",
+                         "epoch_time_s", "train_time_s", "step_ms_in_turns"])
+        for v, r in found.items():
+            d = r.difference
+            writer.writerow([v, len(r.runs), len(r.photos), len({c for c, _ in r.photos.values()}), r.mean_dice,
+                             d.diff if d else "", d.low if d else "", d.high if d else "", d.verdict if d else
+                             "reference", r.gain, r.runs[0].params.get("model/params"),
+                             r.runs[0].params.get("model/gflops"), len(r.clean),
+                             median([c.epoch_time_s for c in r.clean]),
+                             median([c.curves["perf/train_time_cum_s"][-1] for c in r.clean
+                                     if c.curves["perf/train_time_cum_s"]]), steps.get(v, "")])
+    with open(out_dir / "runs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["variant", "fold", "run_id", "machine", HEADLINE_METRIC, "best_val_dice", "epochs",
+                         "train_time_s", "shared_machine"])
+        for r in found.values():
+            for run in r.runs:
+                cum = run.curves["perf/train_time_cum_s"]
+                writer.writerow([run.variant, run.fold, run.run_id, run.machine, run.headline, run.best_dice,
+                                 len(run.curves["val/dice"]), cum[-1] if cum else "", shared_machine(run) or ""])
+
+
+def plot_time_to_accuracy(found: dict[str, VariantResult], groups: dict[str, list[str]], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    machine = max(groups, key=lambda m: len(groups[m]), default=None)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    cmap = plt.get_cmap("tab10")
+    budget, _ = equal_time(found, machine) if machine else (math.nan, {})
+    for i, (v, r) in enumerate(found.items()):
+        if machine is None or v not in groups[machine] or not r.curve_times:
+            continue
+        ax.plot(np.array(r.curve_times) / 60, r.curve_dice, marker=".", color=cmap(i % 10), label=v)
+    if not math.isnan(budget):
+        ax.axvline(budget / 60, color="grey", ls="--", lw=1, label="equal time (fastest's total)")
+    ax.set_xlabel(f"cumulative training time (min){f', {machine}' if machine else ''}")
+    ax.set_ylabel("val/dice (median over folds)")
+    ax.set_ylim(bottom=max(0.5, min((min(r.curve_dice) for r in found.values() if r.curve_dice), default=0.5)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_differences(study, found: dict[str, VariantResult], path: Path) -> Path:
+    """Each variant's difference to the reference with its interval: the conclusions at a glance."""
+    import matplotlib.pyplot as plt
+
+    diffs = [r.difference for r in found.values() if r.difference is not None]
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(diffs) + 1.4), dpi=90)
+    colours = {"better": "tab:green", "worse": "tab:red", "no detectable difference": "tab:grey"}
+    for y, d in enumerate(diffs):
+        ax.errorbar(d.diff, y, xerr=[[d.diff - d.low], [d.high - d.diff]], fmt="o", capsize=3,
+                    color=colours[d.verdict])
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(range(len(diffs)), [d.variant for d in diffs])
+    ax.set_xlabel(f"mean per-photo full-resolution Dice minus {study.reference}'s ({study.confidence:.0%} interval, "
+                  "bootstrap over cars)", fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[str, float],
+                   groups: dict[str, list[str]], plots: dict[str, Path], markdown: Path) -> str:
+    first = next(iter(found.values())).runs[0].params
+    size = f"{first.get('data.train_height', '?')}×{first.get('data.train_width', '?')}"
+    all_runs = [run for r in found.values() for run in r.runs]
+    wall = sum(run.wall_s for run in all_runs)
+    lines = [f"# Which kernel design is worth its cost: study `{study.name}`", ""]
+    if study.question:
+        lines += [study.question, ""]
+    lines += ["## The answer", "", answer(study, found, steps), "",
+              "Regenerate (the trainings already finished are skipped; the report is rewritten from MLflow):", "",
+              "```bash", f"make study STUDY={study.name}", "```", "",
+              f"{len(all_runs)} trainings of {len(found)} variants, {study.folds}-fold cross-validation by car "
+              f"(split seed {study.split_seed}; fold i seeds run i), training size {size}, "
+              f"{first.get('trainer.max_epochs', '?')} epochs, batch {first.get('data.batch_size', '?')}, precision "
+              f"{first.get('trainer.precision', '?')}; study overrides: "
+              f"`{' '.join(study.overrides) or '(none)'}`; MLflow parent run `{parent.info.run_id}`. The trainings "
+              f"took {wall / 60:.0f} min of wall time in all (budget {study.budget_minutes:.0f} min).", ""]
+    # accuracy
+    header = ["variant", "photos (cars)", "mean full-res Dice", f"minus {study.reference} [{study.confidence:.0%} CI]",
+              "verdict", "best val/dice (median over folds)", "last-quarter gain", "flattened"]
+    rows = []
+    for v, r in found.items():
+        d = r.difference
+        cars = len({c for c, _ in r.photos.values()})
+        rows.append([v, f"{len(r.photos)} ({cars})", _f(r.mean_dice, 4),
+                     f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" if d else "reference",
+                     d.verdict if d else "", _f(max(r.curve_dice, default=math.nan), 4), _f(r.gain, 4, signed=True),
+                     "yes" if st.flattened(r.curve_dice) else "no"])
+    lines += ["## Accuracy", "", *markdown_table(header, rows), "",
+              "Mean full-res Dice: the mean over every validated photo of its Dice at 1918×1280 (Kaggle's metric), "
+              "each photo scored by the best checkpoint (by val/dice) of the fold model that did not train on its "
+              f"car. The interval resamples cars ({study.resamples} resamples): a car's 16 views are not "
+              "independent. Verdict: better or worse when the interval excludes 0, otherwise no detectable "
+              f"difference. Flattened: the median val/dice curve gained less than {st.FLAT_GAIN} over its last "
+              "quarter of epochs.", ""]
+    # cost
+    lines += ["## Cost", ""]
+    flagged = [(run, shared_machine(run)) for r in found.values() for run in r.runs if shared_machine(run)]
+    if len(groups) > 1:
+        lines += [f"Clean runs come from {len(groups)} machines: one table each, times are never mixed.", ""]
+    if not groups:
+        lines += ["No run had the machine to itself: the epoch and training times are left out (the runs and "
+                  "why are listed below).", ""]
+    for machine in groups:
+        header = ["variant", "params", "GFLOPs / image", "peak memory (MB)", "epoch time (s)",
+                  "training time (min)", "clean runs"]
+        rows = []
+        for v, r in found.items():
+            clean = [c for c in r.clean if c.machine == machine]
+            rows.append([v, _f(float(r.runs[0].params.get("model/params", "nan")), 0),
+                         _f(float(r.runs[0].params.get("model/gflops", "nan")), 3),
+                         _f(median([c.peak_mem_mb for c in clean]), 0),
+                         _f(median([c.epoch_time_s for c in clean]), 1),
+                         _f(median([c.curves["perf/train_time_cum_s"][-1] / 60 for c in clean
+                                    if c.curves["perf/train_time_cum_s"]]), 1), f"{len(clean)} of {len(r.runs)}"])
+        lines += [f"Machine: {machine}.", "", *markdown_table(header, rows), ""]
+    if steps:
+        bench_machine = parent.data.params.get("bench.machine", "?")
+        ref = steps.get(study.reference)
+        rows = [[v, _f(ms, 0), _f(ms / ref if ref else math.nan, 2)] for v, ms in steps.items()]
+        lines += [f"Clean training step (forward, loss, backward, AdamW on one batch already in memory), median of "
+                  f"{study.bench_turns} steps with the variants taking turns, on {bench_machine}:", "",
+                  *markdown_table(["variant", "step (ms)", f"x {study.reference}"], rows), ""]
+    lines += ["Epoch and training time: median over the variant's clean runs (training batches only; the first "
+              "epoch's start-up included in the total). Peak memory: the process's peak resident memory on a CPU, "
+              "allocated memory on a GPU.", ""]
+    if flagged:
+        lines += [f"Runs left out of the time columns ({len(flagged)}): they shared the machine.", ""]
+        lines += [f"- {run.variant} fold {run.fold} (`{run.run_id}`): {why}" for run, why in flagged]
+        lines += [""]
+    else:
+        lines += ["Every run had the machine to itself (other processes below "
+                  f"{SHARED_MACHINE_THRESHOLD:.0%} of the cores in every epoch).", ""]
+    # time to accuracy
+    machine = max(groups, key=lambda m: len(groups[m]), default=None)
+    if not machine:
+        lines += ["## Time to accuracy", "", "Not measured: no run had the machine to itself (see Cost). Run the "
+                  "study again alone on the machine.", ""]
+    else:
+        budget, at_budget = equal_time(found, machine)
+        rows = [[v, _f(max(r.curve_dice, default=math.nan), 4), _f(at_budget.get(v), 4),
+                 _f(r.curve_times[-1] / 60 if r.curve_times else math.nan, 1)] for v, r in found.items()]
+        lines += ["## Time to accuracy", "",
+                  f"Equal epochs asks which design learns most per step; equal time asks which gives most per second "
+                  f"of this machine ({machine}). Equal time: {budget / 60:.1f} min of training, the fastest variant's "
+                  "whole training; a variant's Dice then is the best val/dice among its epochs finished by that "
+                  "time (median curves over folds).", "",
+                  *markdown_table(["variant", "val/dice at equal epochs", "val/dice at equal time",
+                                   "training time (min)"], rows), ""]
+    lines += ["## Plots", ""]
+    captions = {"time_to_accuracy": "val/dice against cumulative training time, median over folds",
+                "differences": f"Each variant minus {study.reference}, with its interval"}
+    for name, path in plots.items():
+        lines += [f"{captions[name]}:", "", f"![{name}]({os.path.relpath(path, markdown.parent)})", ""]
+    lines += [f"Per-variant figures: `{os.path.relpath(plots['differences'].parent / 'variants.csv', markdown.parent)}`"
+              f"; per run: `{os.path.relpath(plots['differences'].parent / 'runs.csv', markdown.parent)}`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""make study: the k-fold split, the study file, the shared-machine flag and a whole tiny study, resumed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from lk_segment.callbacks import SHARED_MACHINE_THRESHOLD
+from lk_segment.cli import main
+from lk_segment.comparison.records import RunRecord
+from lk_segment.comparison.study import load_study
+from lk_segment.comparison.study_report import shared_machine
+from lk_segment.config import available_variants
+from lk_segment.data.carvana import list_samples, split_by_car
+from lk_segment.errors import UserError
+from lk_segment.tracking import PARENT_TAG
+from tests.conftest import store_client, tiny_overrides
+
+
+@pytest.mark.parametrize("folds", [2, 3, 4])
+def test_k_folds_validate_every_car_exactly_once(tiny_root, folds):
+    samples = list_samples(tiny_root)
+    val_cars = []
+    for fold in range(folds):
+        train, val = split_by_car(samples, 0.2, seed=5, folds=folds, fold=fold)
+        assert not {s.car for s in train} & {s.car for s in val}  # a car's views stay on one side
+        assert len(train) + len(val) == len(samples)
+        val_cars.append({s.car for s in val})
+    every = [car for cars in val_cars for car in cars]
+    assert sorted(every) == sorted({s.car for s in samples})  # each car once, none twice
+    assert max(map(len, val_cars)) - min(map(len, val_cars)) <= 1
+
+
+@pytest.mark.parametrize("folds, fold, message", [(1, 0, "data.folds=1"), (3, 3, "data.fold=3"),
+                                                  (99, 0, "data.folds=99")])
+def test_bad_folds_are_user_errors(tiny_root, folds, fold, message):
+    with pytest.raises(UserError, match=message):
+        split_by_car(list_samples(tiny_root), 0.2, 0, folds=folds, fold=fold)
+
+
+def record(others: list[float], load: list[float] | None = None) -> RunRecord:
+    curves = {"perf/others_cpu_share": others, "perf/load_avg_1m": load or [1.0] * len(others)}
+    return RunRecord("3x3", 0, "run", 0.9, 10.0, 1.0, 100.0, "CPU RSS", {}, {}, curves)
+
+
+def test_a_run_with_the_machine_to_itself_is_not_flagged():
+    assert shared_machine(record([0.01, 0.03, SHARED_MACHINE_THRESHOLD])) is None
+
+
+def test_a_run_that_shared_the_machine_is_flagged_with_its_worst_epoch():
+    reason = shared_machine(record([0.02, 0.45, 0.3], load=[2.0, 3.2, 3.0]))
+    assert "45%" in reason and "epoch 2" in reason and "load average 3.2" in reason and "2 of 3 epochs" in reason
+
+
+def test_a_run_without_the_share_recorded_is_not_taken_as_clean():
+    assert "not recorded" in shared_machine(record([]))
+
+
+def test_the_shipped_study_names_every_variant_and_3x3_as_reference():
+    study = load_study("cpu-sample")
+    assert sorted(study.variants) == available_variants() and study.reference == "3x3" and study.folds == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ({"variants": ["3x3", "7x7"]}, "unknown variants 7x7"),
+    ({"variants": ["5x5", "1x5"]}, "reference '3x3' is not among"),
+    ({"overrides": ["seed=3"]}, "set by the study itself"),
+    ({"folds": 1}, "folds=1"),
+    ({"foldz": 3}, "foldz"),
+])
+def test_bad_study_files_are_user_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(text))
+    with pytest.raises(UserError, match=message):
+        load_study(str(path))
+
+
+def test_an_unknown_study_name_lists_the_known_ones():
+    with pytest.raises(UserError, match="cpu-sample"):
+        load_study("no-such-study")
+
+
+@pytest.mark.slow
+def test_a_cpu_hog_beside_a_training_flags_the_run(tiny_cfg):
+    """Two busy loops (one per core here) beside a tiny training: its epochs record others' share of the
+    machine above the threshold and the report's flag names the reason."""
+    from lk_segment.comparison.records import record as read_record
+    from lk_segment.tracking import client
+    from lk_segment.train import train
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        result = train(tiny_cfg("3x3", "trainer.max_epochs=2"))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    run = read_record(client(), client().get_run(result["run_id"]))
+    others = run.curves["perf/others_cpu_share"]
+    assert len(others) == 2 and max(others) > SHARED_MACHINE_THRESHOLD
+    assert len(run.curves["perf/train_time_cum_s"]) == 2
+    assert run.curves["perf/train_time_cum_s"][1] == pytest.approx(sum(run.curves["perf/epoch_time_s"]))
+    assert "other processes used" in shared_machine(run)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_reports_intervals_and_resumes(tiny_root, workdir, monkeypatch, capsys):
+    monkeypatch.setenv("LK_TINY_STUDY_ROOT", str(tiny_root))
+    overrides = [o for o in tiny_overrides(tiny_root, "trainer.max_epochs=2") if not o.startswith(("data.root=",
+                                                                                                 "experiment="))]
+    # The flag is measured for real in the test above; here every run counts as clean whatever else this
+    # machine is doing, so that the time columns and the time to accuracy are drawn.
+    monkeypatch.setattr("lk_segment.comparison.study_report.SHARED_MACHINE_THRESHOLD", 1.0)
+    path = workdir / "tiny.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny_study", "variants": ["3x3", "1x5"], "folds": 2,
+                                    "data_root_env": "LK_TINY_STUDY_ROOT", "overrides": overrides,
+                                    "bench_turns": 1, "erf": False, "resamples": 200}))
+    assert main(["study", str(path), "--out", "report"]) == 0
+    text = (workdir / "report" / "results.md").read_text()
+    assert "## The answer" in text and "Against 3x3" in text and "make study STUDY=tiny_study" in text
+    assert "| 1x5 | 64 (4) |" in text  # every photo of the 4 cars, each validated once
+    assert "[95% CI]" in text and "## Time to accuracy" in text and "x 3x3" in text
+    assert str(tiny_root) not in text  # the data by its variable, never a machine's path
+    assert (workdir / "report" / "time_to_accuracy.png").stat().st_size > 0
+    runs = (workdir / "report" / "runs.csv").read_text().splitlines()
+    assert len(runs) == 1 + 4
+
+    client = store_client(f"sqlite:///{workdir}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("tiny_study")
+    children = client.search_runs([exp.experiment_id], f"attributes.status = 'FINISHED' and tags.`{PARENT_TAG}` != ''")
+    assert sorted((r.data.tags["variant"], r.data.tags["fold"]) for r in children) == [
+        ("1x5", "0"), ("1x5", "1"), ("3x3", "0"), ("3x3", "1")]
+    killed = next(r for r in children if r.data.tags["variant"] == "1x5" and r.data.tags["fold"] == "1")
+    client.update_run(killed.info.run_id, status="RUNNING")  # as a killed study leaves it
+    capsys.readouterr()
+    assert main(["study", str(path), "--out", "report"]) == 0
+    out = capsys.readouterr().out
+    assert "3 already finished, 1 to train" in out and "clean step times already measured" in out
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    assert np.isfinite(float(client.get_run(children[0].data.tags[PARENT_TAG]).data.metrics["bench/step_ms/1x5"]))
