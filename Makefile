@@ -38,7 +38,7 @@ STUDY ?= cpu-sample
 STUDY_OUT ?=
 STUDY_MD ?=
 TEST_ARGS ?=
-TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+# The store: every target reads MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db (lk_segment/tracking.py)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: help install train predict evaluate register ui server test test-fast lint variants readme-variants erf bench gpu-check clean
@@ -104,10 +104,10 @@ register: $(STAMP) ## register a run's MLflow model: make register RUN=<id> [NAM
 	$(BIN)/lk-segment register --run $(RUN) --name "$(NAME)" --alias "$(ALIAS)"
 
 ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=)
-	MLFLOW_TRACKING_URI="$(TRACKING_URI)" $(BIN)/lk-segment ui --host $(HOST) --port $(PORT)
+	$(BIN)/lk-segment ui --host $(HOST) --port $(PORT)
 
 server: $(STAMP) ## MLflow tracking server for several machines: MLFLOW_TRACKING_URI=http://<host>:$(PORT) on each (HOST=0.0.0.0)
-	MLFLOW_TRACKING_URI="$(TRACKING_URI)" $(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT)
+	$(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT)
 
 variants: $(STAMP) ## the kernel variants: params, GFLOPs, theoretical receptive field
 	$(BIN)/lk-segment variants

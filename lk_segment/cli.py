@@ -71,7 +71,7 @@ def _register(args) -> None:
 
 def _ui(args) -> None:
     """Print the page to open, then become ``mlflow server`` over the project's store."""
-    from lk_segment.tracking import experiment_urls, tracking_uri
+    from lk_segment.tracking import experiment_urls, has_runs, tracking_uri
 
     uri = tracking_uri()
     if not uri.startswith("sqlite:"):
@@ -81,11 +81,17 @@ def _ui(args) -> None:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base = f"http://{shown}:{args.port}"
     urls = experiment_urls(base)
-    print(f"lk-segment: open {urls.get(args.experiment, base)}", flush=True)
-    print(f"  the training runs of experiment {args.experiment!r} with their Dice, best val/dice_full_best first "
-          "(a shared view: 'Override saved view' keeps its columns); the Chart view plots every metric", flush=True)
+    first = args.experiment if args.experiment in urls else next(iter(urls), None)
+    if first is None or not has_runs(first):
+        print(f"lk-segment: open {base}", flush=True)
+        print("  the store holds no training run yet: `make train` logs one (MLFLOW_TRACKING_URI: "
+              f"{uri})", flush=True)
+    else:
+        print(f"lk-segment: open {urls[first]}", flush=True)
+        print(f"  the training runs of experiment {first!r} with their Dice, best val/dice_full_best first "
+              "(a shared view: 'Override saved view' keeps its columns); the Chart view plots every metric", flush=True)
     for name, url in urls.items():
-        if name != args.experiment:
+        if name != first:
             print(f"  experiment {name!r}: {url}", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port)]
@@ -258,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="MLflow UI (or, with --server, a tracking server) over the project's store")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--experiment", default="lk_segment", help="experiment whose page is printed first "
-                   "(default lk_segment)")
+    p.add_argument("--experiment", help="experiment whose page is printed first (default: the one whose latest "
+                   "run started last)")
     p.add_argument("--server", action="store_true", help="a tracking server for several machines: artifacts are "
                    "uploaded through it (--artifacts-destination)")
     p.add_argument("--allowed-hosts", help="with --server on another --host: Host headers to accept (default *)")

@@ -117,15 +117,26 @@ def mark_training_experiment(mlflow_client, experiment_id: str, tags: dict[str, 
 
 
 def experiment_urls(base_url: str) -> dict[str, str]:
-    """{experiment name: the UI page of its training runs, best headline Dice first}, newest experiment first."""
+    """{experiment name: the UI page of its training runs, best headline Dice first}: the experiments with
+    runs first, the one whose latest run started last leading; then those without runs, newest first."""
     from urllib.parse import urlencode
 
     query = urlencode({"workflowType": "machine_learning", "compareRunsMode": "TABLE", "viewStateShareKey": VIEW_KEY})
     mlflow_client = client()
     experiments = [e for e in mlflow_client.search_experiments(order_by=["creation_time DESC"]) if e.name != "Default"]
+    latest = {}
     for experiment in experiments:  # experiments logged before the view existed get it now
         mark_training_experiment(mlflow_client, experiment.experiment_id, experiment.tags)
+        runs = mlflow_client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                                         max_results=1)
+        latest[experiment.name] = runs[0].info.start_time if runs else None
+    experiments.sort(key=lambda e: (latest[e.name] is None, -(latest[e.name] or 0)))  # stable: creation order after
     return {e.name: f"{base_url.rstrip('/')}/#/experiments/{e.experiment_id}/runs?{query}" for e in experiments}
+
+
+def has_runs(experiment: str) -> bool:
+    found = client().get_experiment_by_name(experiment)
+    return found is not None and bool(client().search_runs([found.experiment_id], max_results=1))
 
 
 def _check_served_artifacts(experiment: str) -> None:

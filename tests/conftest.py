@@ -28,6 +28,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import closing
@@ -165,31 +166,64 @@ def comparison_copy(tiny_comparison, tmp_path) -> dict:
     return {**tiny_comparison, "work": work, "uri": store_uri(work)}
 
 
-def start_ui(args: list[str], cwd: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """``lk-segment ui ARGS`` in ``cwd``, once it answers; (process, the first line it printed)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
-    cmd = [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+def start_ui(args: list[str], cwd: Path, port: int, cmd: list[str] | None = None,
+             env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``lk-segment ui ARGS`` (or ``cmd``) in ``cwd``, once it answers; (process, the first line it printed).
+
+    Its output goes to a file, never a pipe: a pipe nobody reads fills up (64 KiB of access logs) and
+    blocks the server. Both waits have a deadline."""
+    env = env or {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
+    cmd = cmd or [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
+    log = tempfile.TemporaryFile("w+")  # closed with the process, by stop_ui
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    first = ""
-    while proc.poll() is None and not first.startswith("lk-segment: open"):
-        first = proc.stdout.readline()  # MLflow may first log that it creates the store's tables
+    proc.log = log
     deadline = time.time() + 240  # a loaded 2-core machine takes a while to start it
-    while time.time() < deadline and proc.poll() is None:
+    first = ""
+    while time.time() < deadline and proc.poll() is None and not first:
+        log.seek(0)  # MLflow may first log that it creates the store's tables
+        first = next((line for line in log.read().splitlines() if line.startswith("lk-segment: open")), "")
+        time.sleep(0.2)
+    while first and time.time() < deadline and proc.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
                 if r.status == 200:
                     return proc, first
         except OSError:
             time.sleep(1)
+    log.seek(0)
+    output = log.read()[-2000:]
     stop_ui(proc)
-    pytest.fail(f"lk-segment ui {' '.join(args)} did not answer on port {port}: {first}")
+    pytest.fail(f"{' '.join(cmd)} did not answer on port {port}: {output}")
 
 
 def stop_ui(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)  # mlflow server runs its workers in child processes
     try:
+        os.killpg(proc.pid, signal.SIGTERM)  # mlflow server runs its workers in child processes
         proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+    if getattr(proc, "log", None) is not None:
+        proc.log.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A copy of the repository's tracked files with its .venv linked in: a test runs a README command
+    there exactly as a user types it (``make ...`` from the root, relative defaults), isolated from the
+    real checkout. Timestamps are kept, so make finds the environment installed."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    copy = tmp_path / "repo"
+    for name in filter(None, files.decode().split("\0")):
+        src = REPO / name
+        if src.is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copy / name)
+    (copy / ".venv").symlink_to(REPO / ".venv")
+    return copy

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,35 @@ def test_make_ui_prints_the_training_runs_page(tiny_root, workdir):
             assert r.status == 200
     finally:
         stop_ui(proc)
+
+
+@pytest.mark.slow
+def test_make_ui_as_typed_opens_the_newest_experiment_of_the_store_the_user_named(repo_copy, tmp_path):
+    """``make ui`` from the repository root honours MLFLOW_TRACKING_URI as make train does, and prints first
+    the page of the experiment whose latest run started last (not a fixed name that may not exist)."""
+    uri = f"sqlite:///{tmp_path}/elsewhere/mlflow.db"
+    (tmp_path / "elsewhere").mkdir()
+    client = MlflowClient(uri)
+    older = client.create_experiment("older", artifact_location=(tmp_path / "elsewhere" / "a").as_uri())
+    newer = client.create_experiment("newer", artifact_location=(tmp_path / "elsewhere" / "b").as_uri())
+    client.create_run(newer)  # the newer experiment's run first: the older one's run is the latest
+    time.sleep(0.01)
+    client.create_run(older)
+    client.create_experiment("empty", artifact_location=(tmp_path / "elsewhere" / "c").as_uri())
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc, first = start_ui([], repo_copy, port, cmd=["make", "ui", f"PORT={port}"], env=env)
+    try:
+        assert f"/#/experiments/{older}/runs?" in first
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
+                                         data=json.dumps({"max_results": 10}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            names = {e["name"] for e in json.load(r)["experiments"]}
+        assert {"older", "newer", "empty"} <= names  # the UI serves the store the user named
+    finally:
+        stop_ui(proc)
+    assert not (repo_copy / "mlruns" / "mlflow.db").exists()
 
 
 def test_a_run_killed_on_one_machine_resumes_on_another_through_the_server(server, tiny_root, tmp_path_factory):
