@@ -75,7 +75,7 @@ def test_float32_mode_sets_tf32_and_gives_the_flags_back():
         assert flags() == before
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda  # skipped, saying why, without a GPU; make gpu-check runs the cuda tests
 def test_cuda_events_time_the_stream():
     device = torch.device("cuda")
     x = torch.randn(2048, 2048, device=device)

@@ -80,6 +80,7 @@ def test_rle_is_row_major_one_based():
     assert rle_encode(mask) == "2 3"
 
 
+@pytest.mark.real_data
 @requires_carvana
 def test_rle_matches_kaggle_reference_csv():
     root = carvana_root()

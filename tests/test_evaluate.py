@@ -36,7 +36,7 @@ def kaggle_folder(root: Path, images: dict[str, tuple[int, int]], masks: dict[st
 @pytest.mark.parametrize(
     "layout,message",
     [
-        (None, "does not exist"),
+        (None, "DATA folder"),  # not the missing checkpoint: the folder is checked first
         (({"car_01": (20, 30)}, {}), "no masks"),
         (({"car_01": (20, 30), "car_02": (20, 30)}, {"car_01": (20, 30)}), "'car_02.jpg' has no mask"),
         (({"car_01": (20, 30)}, {"car_01": (30, 20)}), "is 20x30 but its image is 30x20"),
@@ -49,6 +49,7 @@ def test_bad_evaluation_folders_stop_in_one_line_with_exit_2(workdir, capsys, la
     assert main(["evaluate", "--ckpt", "model.ckpt", "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    assert "model.ckpt" not in err  # the data's own fault named, not the checkpoint's
 
 
 def test_a_run_without_a_checkpoint_stops_in_one_line(workdir, capsys, tiny_root):

@@ -45,11 +45,19 @@ def test_module_impls_agree_and_share_weights(impl):
     assert rel_err(conv(x_cl), ref(x)) < 1e-5
 
 
-def test_auto_choice_is_a_real_impl_and_remembered():
+def test_auto_choice_is_a_real_impl_and_remembered(monkeypatch):
+    import lk_segment.ops.dwconv as dwconv
+
+    timed = []
+    real = dwconv.time_dw_impls
+    monkeypatch.setattr(dwconv, "time_dw_impls", lambda *a, **k: timed.append(1) or real(*a, **k))
+    monkeypatch.setattr(dwconv, "_CHOICES", {})  # this test's own memory, whatever ran before
     x, w = torch.randn(1, 2, 16, 16), torch.randn(2, 1, 7, 7)
     first = choose_dw_impl(x, w)
-    assert first in ("native", "fft")
-    assert choose_dw_impl(x, w) == first
+    assert first in ("native", "fft") and len(timed) == 1
+    assert choose_dw_impl(x, w) == first and len(timed) == 1  # remembered: not timed again
+    choose_dw_impl(torch.randn(1, 2, 18, 16), w)
+    assert len(timed) == 2  # another shape is timed
 
 
 def test_bad_arguments_are_refused():
