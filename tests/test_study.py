@@ -144,3 +144,36 @@ def test_a_tiny_study_reports_intervals_and_resumes(tiny_root, workdir, monkeypa
     assert "3 already finished, 1 to train" in out and "clean step times already measured" in out
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
     assert np.isfinite(float(client.get_run(children[0].data.tags[PARENT_TAG]).data.metrics["bench/step_ms/1x5"]))
+
+
+def made_run(variant: str, fold: int, machine: str = "CPU X", others: float = 0.01, epoch_s: float = 10.0,
+             dice: tuple[float, ...] = (0.8, 0.9, 0.95, 0.96), shift: float = 0.0) -> RunRecord:
+    """A run record as MLflow would give it: curves per epoch, the machine, per-photo scores of its fold's cars."""
+    epochs = len(dice)
+    curves = {"val/dice": list(dice), "perf/train_time_cum_s": [epoch_s * (i + 1) for i in range(epochs)],
+              "perf/others_cpu_share": [others] * epochs, "perf/load_avg_1m": [2.0] * epochs}
+    photos = {f"car{c}_{v:02d}.jpg": (f"car{c}", 0.95 + 0.001 * c + shift) for c in range(fold * 4, fold * 4 + 4)
+              for v in range(16)}
+    params = {"trainer.device_name": machine, "trainer.precision": "32", "model/params": "100", "model/gflops": "1"}
+    return RunRecord(variant, fold, f"{variant}-{fold}", max(dice), epoch_s, 1.0, 100.0, "CPU RSS", params, {},
+                     curves, fold=fold, photo_scores=photos)
+
+
+def test_costs_keep_machines_apart_and_leave_shared_runs_out():
+    from lk_segment.comparison.study import StudyConfig
+    from lk_segment.comparison.study_report import equal_time, machines, results
+
+    study = StudyConfig(name="s", variants=["3x3", "5x5"], folds=2, resamples=500)
+    records = [made_run("3x3", 0), made_run("3x3", 1, others=0.5),  # fold 1 shared the machine
+               made_run("5x5", 0, epoch_s=20.0, shift=0.01), made_run("5x5", 1, machine="GPU Y", epoch_s=2.0,
+                                                                      shift=0.01)]
+    found = results(study, records)
+    assert [r.run_id for r in found["3x3"].clean] == ["3x3-0"]
+    assert machines(found) == {"CPU X, 32": ["3x3", "5x5"], "GPU Y, 32": ["5x5"]}
+    d = found["5x5"].difference
+    assert d.diff == pytest.approx(0.01) and d.images == 128 and d.cars == 8 and d.verdict == "better"
+    # the time curves are the CPU's (most clean runs): 3x3's clean fold 0 (40 s in all), 5x5's fold 0 (80 s);
+    # 5x5's GPU run is not mixed in. At equal time (40 s) 5x5 has finished 2 of its 4 epochs.
+    assert found["5x5"].curve_times == [20.0, 40.0, 60.0, 80.0]
+    budget, at = equal_time(found)
+    assert budget == pytest.approx(40.0) and at == {"3x3": pytest.approx(0.96), "5x5": pytest.approx(0.9)}

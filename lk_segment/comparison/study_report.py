@@ -34,7 +34,7 @@ class VariantResult:
     runs: list[RunRecord]  # one per fold
     photos: dict[str, tuple[str, float]]  # every validated photo -> (car, full-resolution Dice)
     difference: st.Difference | None  # against the reference (None for the reference itself)
-    curve_times: list[float] = field(default_factory=list)  # median over clean folds, per epoch
+    curve_times: list[float] = field(default_factory=list)  # median over clean folds on the study's machine
     curve_dice: list[float] = field(default_factory=list)  # median val/dice over folds, per epoch
     clean: list[RunRecord] = field(default_factory=list)  # runs that had the machine to themselves
 
@@ -63,7 +63,14 @@ def shared_machine(record: RunRecord, threshold: float | None = None) -> str | N
             f"({busy} of {len(others)} epochs above {threshold:.0%})")
 
 
+def main_machine(records: list[RunRecord]) -> str | None:
+    """The machine most of the clean runs trained on: the one the time curves are drawn for."""
+    clean = [r.machine for r in records if shared_machine(r) is None]
+    return max(sorted(set(clean)), key=clean.count) if clean else None
+
+
 def results(study, records: list[RunRecord]) -> dict[str, VariantResult]:
+    machine = main_machine(records)
     by_variant = {v: sorted((r for r in records if r.variant == v), key=lambda r: r.fold or 0) for v in study.variants}
     photos = {v: {p: s for r in runs for p, s in r.photo_scores.items()} for v, runs in by_variant.items()}
     out = {}
@@ -75,11 +82,11 @@ def results(study, records: list[RunRecord]) -> dict[str, VariantResult]:
             difference = st.difference(study.reference, photos[study.reference], variant, photos[variant],
                                        resamples=study.resamples, confidence=study.confidence)
         clean = [r for r in runs if shared_machine(r) is None]
-        timed = clean or runs
+        timed = [r for r in clean if r.machine == machine]
         length = min(len(r.curves["val/dice"]) for r in runs)
         out[variant] = VariantResult(
             variant, runs, photos[variant], difference,
-            curve_times=st.median_curve([r.curves["perf/train_time_cum_s"][:length] for r in timed]),
+            curve_times=st.median_curve([r.curves["perf/train_time_cum_s"][:length] for r in timed]) if timed else [],
             curve_dice=st.median_curve([r.curves["val/dice"][:length] for r in runs]), clean=clean)
     return out
 
@@ -93,10 +100,10 @@ def machines(found: dict[str, VariantResult]) -> dict[str, list[str]]:
     return groups
 
 
-def equal_time(found: dict[str, VariantResult], machine: str) -> tuple[float, dict[str, float]]:
-    """The fastest variant's median total training time on ``machine`` and every variant's val/dice by then."""
-    curves = {v: r for v, r in found.items() if r.clean and all(c.machine == machine for c in r.clean)
-              and r.curve_times}
+def equal_time(found: dict[str, VariantResult]) -> tuple[float, dict[str, float]]:
+    """The fastest variant's median total training time on the study's machine, and every variant's best
+    val/dice by then (the variants with clean runs there)."""
+    curves = {v: r for v, r in found.items() if r.curve_times}
     if not curves:
         return math.nan, {}
     budget = min(r.curve_times[-1] for r in curves.values())
@@ -165,10 +172,11 @@ def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str
     markdown = Path(markdown) if markdown is not None else out_dir / "results.md"
     markdown.parent.mkdir(parents=True, exist_ok=True)
     groups = machines(found)
-    plots = {"time_to_accuracy": plot_time_to_accuracy(found, groups, out_dir / "time_to_accuracy.png"),
+    machine = main_machine(records)
+    plots = {"time_to_accuracy": plot_time_to_accuracy(found, machine, out_dir / "time_to_accuracy.png"),
              "differences": plot_differences(study, found, out_dir / "differences.png")}
     write_csvs(study, found, steps, out_dir)
-    text = study_markdown(study, parent, found, steps, groups, plots, markdown)
+    text = study_markdown(study, parent, found, steps, groups, machine, plots, markdown)
     markdown.write_text(text)
     mlflow = client()
     for path in [markdown, out_dir / "variants.csv", out_dir / "runs.csv", *plots.values()]:
@@ -203,15 +211,14 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
                                  len(run.curves["val/dice"]), cum[-1] if cum else "", shared_machine(run) or ""])
 
 
-def plot_time_to_accuracy(found: dict[str, VariantResult], groups: dict[str, list[str]], path: Path) -> Path:
+def plot_time_to_accuracy(found: dict[str, VariantResult], machine: str | None, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    machine = max(groups, key=lambda m: len(groups[m]), default=None)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
     cmap = plt.get_cmap("tab10")
-    budget, _ = equal_time(found, machine) if machine else (math.nan, {})
+    budget, _ = equal_time(found)
     for i, (v, r) in enumerate(found.items()):
-        if machine is None or v not in groups[machine] or not r.curve_times:
+        if not r.curve_times:
             continue
         ax.plot(np.array(r.curve_times) / 60, r.curve_dice, marker=".", color=cmap(i % 10), label=v)
     if not math.isnan(budget):
@@ -249,7 +256,7 @@ def plot_differences(study, found: dict[str, VariantResult], path: Path) -> Path
 
 
 def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[str, float],
-                   groups: dict[str, list[str]], plots: dict[str, Path], markdown: Path) -> str:
+                   groups: dict[str, list[str]], machine: str | None, plots: dict[str, Path], markdown: Path) -> str:
     first = next(iter(found.values())).runs[0].params
     size = f"{first.get('data.train_height', '?')}×{first.get('data.train_width', '?')}"
     all_runs = [run for r in found.values() for run in r.runs]
@@ -323,12 +330,11 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         lines += ["Every run had the machine to itself (other processes below "
                   f"{SHARED_MACHINE_THRESHOLD:.0%} of the cores in every epoch).", ""]
     # time to accuracy
-    machine = max(groups, key=lambda m: len(groups[m]), default=None)
     if not machine:
         lines += ["## Time to accuracy", "", "Not measured: no run had the machine to itself (see Cost). Run the "
                   "study again alone on the machine.", ""]
     else:
-        budget, at_budget = equal_time(found, machine)
+        budget, at_budget = equal_time(found)
         rows = [[v, _f(max(r.curve_dice, default=math.nan), 4), _f(at_budget.get(v), 4),
                  _f(r.curve_times[-1] / 60 if r.curve_times else math.nan, 1)] for v, r in found.items()]
         lines += ["## Time to accuracy", "",
