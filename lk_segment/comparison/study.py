@@ -6,9 +6,10 @@ Every variant it names is trained once per fold of a k-fold cross-validation by 
 seeds run i), so every car is validated exactly once by every variant and each variant has a
 full-resolution Dice for every photo, paired with every other variant's on the same photo. The
 trainings are nested runs of one MLflow parent run (role ``study``), resumable like ``make compare``:
-the same command after a kill trains only what did not finish. Then, where the study asks for it,
+the same command after a kill trains only what did not finish. First, where the study asks for it,
 each variant's clean training step is timed with the variants taking turns (the bench's
-``steps_in_turns_ms``), and the report (``study_report``) is written and logged to the parent run.
+``steps_in_turns_ms``), which also estimates the study's time against its budget; last, the report
+(``study_report``) is written and logged to the parent run.
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def run_study(name: str, extra_overrides: list[str] | tuple[str, ...] = (), out_
 
         parent_id = load_parent(client(), study.name, role="study")[0].info.run_id
     else:
+        # The clean steps first: on a machine not yet warmed by hours of training, and they size the study.
+        parent_id = open_parent(study, params)
+        if study.bench_steps:
+            estimate(study, bench_steps(study, parent_id))
         result = run_sweep(todo, study.name, study_key(study), f"study {study.name}", params, workers=None,
                            prefix="study", role="study")
         parent_id = result.parent_run_id
@@ -144,12 +149,43 @@ def run_study(name: str, extra_overrides: list[str] | tuple[str, ...] = (), out_
             names = ", ".join(job.name for job in result.failed)
             raise UserError(f"{len(result.failed)} training(s) failed ({names}); see their output above, then run "
                             f"`make study STUDY={name}` again to retry only those")
-        if study.bench_steps:
-            bench_steps(study, parent_id)
     out_dir = Path(out_dir) if out_dir is not None else Path("reports") / f"study-{study.name}"
     report = write_study_report(study, parent_id, out_dir, markdown)
     print(f"[study] report written to {report['markdown']} and logged to parent run {parent_id}", flush=True)
     return report
+
+
+def open_parent(study: StudyConfig, params: dict) -> str:
+    """The study's parent run (created if this is its first start), before anything is measured."""
+    from lk_segment.comparison.sweep import _experiment_id, _parent_run
+    from lk_segment.tracking import client
+
+    mlflow = client()
+    return _parent_run(mlflow, _experiment_id(mlflow, study.name), study_key(study), f"study {study.name}", params,
+                       "study")
+
+
+def estimate(study: StudyConfig, steps_ms: dict[str, float]) -> float:
+    """The trainings' time from the clean steps: epochs x batches x step, validation at a third of a step per
+    image, per fold; printed against the budget. A lower bound: start-up and the full-resolution scoring add."""
+    import math
+
+    from lk_segment.data.carvana import find_samples
+
+    cfg = load_config(study.reference, [f"experiment={study.name}", *training_overrides(study)])
+    cars = len({s.car for s in find_samples(cfg.data.root)[0]}) if cfg.data.root else cfg.data.synthetic_cars
+    train_images = 16 * cars * (study.folds - 1) / study.folds
+    batches = math.floor(train_images / cfg.data.batch_size)
+    if cfg.trainer.limit_train_batches is not None:
+        limit = cfg.trainer.limit_train_batches
+        batches = min(batches, int(limit) if limit >= 1 else int(batches * limit))
+    seconds = sum(ms / 1000 * (batches + 16 * cars / study.folds / cfg.data.batch_size / 3) * cfg.trainer.max_epochs
+                  for ms in steps_ms.values()) * study.folds
+    over = seconds > study.budget_minutes * 60
+    print(f"[study] {len(steps_ms)} variants x {study.folds} folds x {cfg.trainer.max_epochs} epochs: about "
+          f"{seconds / 60:.0f} min of training from the clean steps, budget {study.budget_minutes:.0f} min"
+          + (": OVER BUDGET, expect it to run longer than planned" if over else ""), flush=True)
+    return seconds
 
 
 def bench_steps(study: StudyConfig, parent_id: str) -> dict[str, float]:

@@ -291,7 +291,13 @@ def _run_all(todo: list[Job], configs: dict, experiment: str, parent_id: str, ke
 
 def _train_child(child: dict) -> None:
     """In a fresh process: train one job, then measure its effective receptive field."""
+    import warnings
+
     from lk_segment.train import train
+
+    # A sweep prints one line per epoch; these notices would repeat in each of its dozens of trainings.
+    for notice in (".*LeafSpec.*", ".*on_after_batch_transfer.*", ".*Integer columns in Python.*"):
+        warnings.filterwarnings("ignore", message=notice)
 
     cfg = load_config(child["variant"], child["overrides"])
     result = train(cfg, tags=child["tags"], callbacks=[SweepProgress(**child["progress"])])
