@@ -21,7 +21,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lk_segment.data.augment_gpu import BatchAugmentation
+from lk_segment.data.augment_device import DeviceAugmentation
 from lk_segment.ops import DW_IMPLS, DepthwiseConv2d
 from lk_segment.predict import Predictor, load_system
 from lk_segment.system import build_model
@@ -92,21 +92,23 @@ def test_replk_fused_equals_unfused_on_cuda(no_tf32):
     assert rel_err(fused, unfused) < 1e-4
 
 
-def test_gpu_augmentation_draws_on_the_device_without_a_host_sync():
+def test_kornia_augmentation_on_the_device_makes_no_host_sync():
+    """kornia draws on the CPU from the augmentation's own generator and sends the parameters with
+    non-blocking copies: a batch on the GPU never makes the host wait."""
     images = torch.randint(0, 256, (4, 3, 64, 96), dtype=torch.uint8, device="cuda")
     masks = torch.randint(0, 2, (4, 1, 64, 96), dtype=torch.uint8, device="cuda")
-    augment = BatchAugmentation(seed=0).cuda()
-    augment(images, masks)  # the generator is made on the device at the first batch
+    augment = DeviceAugmentation(seed=0)
+    augment(images, masks)  # kernels loaded, kornia's first-call set-up done
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         out_images, out_masks = augment(images, masks)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert augment.generator.device.type == "cuda"
+    assert augment.generator.device.type == "cpu"  # its own, never moved
     assert out_images.device.type == out_masks.device.type == "cuda"
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
-    rank1 = BatchAugmentation(seed=1).cuda()
+    rank1 = DeviceAugmentation(seed=1)
     rank1(images, masks)
     assert not torch.equal(rank1(images, masks)[0], out_images)  # another rank, other draws
 
