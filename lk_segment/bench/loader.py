@@ -13,13 +13,12 @@ import copy
 import tempfile
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 from omegaconf import DictConfig
+from torch.utils.data import DataLoader, RandomSampler
 
 from lk_segment.bench.config import BenchConfig
 from lk_segment.bench.results import Loader, Step
 from lk_segment.bench.timing import Stopwatch
-
 
 BATCHES_PER_WORKER = 4  # timed, after each worker's first ones: a steady state, not one batch's latency
 
