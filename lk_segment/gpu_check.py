@@ -89,7 +89,7 @@ def environment() -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     return {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
-            "device_name": device_name(device), "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "device_name": device_name(device), "bf16": bool(cuda and torch.cuda.is_bf16_supported(including_emulation=False)),
             "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 

@@ -24,6 +24,7 @@ from lk_segment.config import training_size
 from lk_segment.data.carvana import IMAGE_SUFFIXES
 from lk_segment.data.normalize import Normalize
 from lk_segment.data.rle import rle_encode
+from lk_segment.device import native_bf16
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
 
@@ -87,7 +88,7 @@ class Predictor:
         self.model = system.model.eval().reparameterize().to(self.device, memory_format=self.memory_format)
         self.tta, self.batch_size = tta, max(1, int(batch_size))
         # bf16 autocast where the GPU has it (the training default); float32 on the CPU, as trained masks expect
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = self.device.type == "cuda" and native_bf16("cuda")
         data = system.hparams.get("data") or {}
         self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
         self.normalize = Normalize().to(self.device)

@@ -47,7 +47,7 @@ def no_tf32():
 
 
 def gpu_precision() -> str:
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
 @pytest.mark.parametrize("k", [3, 7, 13, 31])
