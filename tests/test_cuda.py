@@ -128,15 +128,27 @@ def test_one_epoch_on_cuda_logs_the_gpu_figures(tiny_cfg, variant):
 
 
 @pytest.mark.slow
-def test_predictor_on_cuda_matches_the_cpu_masks(tiny_cfg, tiny_root):
+def test_predictor_on_cuda_matches_the_cpu_masks(tiny_cfg, tiny_root, no_tf32):
+    """What is deterministic: float32 on the GPU gives the CPU's logits; in bf16 the masks agree exactly
+    wherever the CPU's logit is further from the threshold than bf16 moved any logit (a share of agreeing
+    pixels would flip with a borderline logit or two)."""
     result = train(tiny_cfg("5x5", "trainer.accelerator=gpu", "trainer.max_epochs=3", "model.width=8"))
     paths = sorted((tiny_root / "train").glob("*.jpg"))[:8]
     photos = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
-    gpu = Predictor(load_system(result["best_checkpoint"]), device="cuda").predict_batch(photos)
-    cpu = Predictor(load_system(result["best_checkpoint"]), device="cpu").predict_batch(photos)
-    equal = np.mean([(a == b).mean() for a, b in zip(gpu, cpu, strict=True)])
-    assert equal >= 0.999, f"GPU (bf16) and CPU masks agree on {equal:.5f} of the pixels"
-    assert any(m.any() for m in gpu)
+    cpu = Predictor(load_system(result["best_checkpoint"]), device="cpu")
+    gpu = Predictor(load_system(result["best_checkpoint"]), device="cuda")  # bf16 autocast where it has bf16
+    gpu32 = Predictor(load_system(result["best_checkpoint"]), device="cuda")
+    gpu32.autocast = False
+    want = cpu.small_logits(photos)
+    assert rel_err(gpu32.small_logits(photos).cpu(), want) < 1e-4  # float32 on both, TF32 off
+    moved = float((gpu.small_logits(photos).cpu() - want).abs().max()) + 1e-4  # bilinear upsampling's rounding
+    assert moved < 0.1 * float(want.abs().max()), "bf16 moved the logits by more than a tenth of their range"
+    masks = gpu.predict_batch(photos)
+    for photo, mask in zip(photos, masks, strict=True):
+        logits = cpu.logits(photo).numpy()  # float32, the photo's own size
+        clear = np.abs(logits) > moved
+        assert np.array_equal(mask[clear], (logits > 0)[clear].astype(np.uint8))
+    assert any(m.any() for m in masks)
 
 
 @pytest.mark.slow
@@ -199,5 +211,6 @@ def test_training_steps_make_no_host_sync_from_project_code(tiny_cfg):
     finally:
         recorder.close()
     project = str(ROOT / "lk_segment")
-    ours = [s for s in recorder.syncs if s[0].startswith(project)]
+    # the project's code and the augmentation it calls (kornia, data.augment_on=gpu)
+    ours = [s for s in recorder.syncs if s[0].startswith(project) or f"{os.sep}kornia{os.sep}" in s[0]]
     assert not ours, "host syncs from project code in training steps:\n" + "\n".join(map(str, ours))
