@@ -1,8 +1,9 @@
 """Typed configuration: dataclasses checked by OmegaConf, so a misspelt key or a wrong type
 fails at once with the key's name.
 
-Merge order: these defaults < configs/base.yaml < configs/variant/<VARIANT>.yaml < ``key=value``
-overrides from the command line. Field names equal the constructor arguments they feed.
+Merge order: these defaults < configs/base.yaml < configs/variant/<VARIANT>.yaml <
+configs/profile/<PROFILE>.yaml (``profile=gpu`` on the command line) < ``key=value`` overrides from the
+command line. Field names equal the constructor arguments they feed.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class TrackingConfig:
 @dataclass
 class Config:
     variant: str = "3x3"  # the configs/variant file that was merged (also the run's name)
+    # a configs/profile file merged after the variant's (profile=gpu: a size and batch for a GPU); None: none
+    profile: str | None = None
     seed: int = 0
     experiment: str = "lk_segment"  # MLflow experiment
     checkpoint_dir: str = "checkpoints"
@@ -128,8 +131,13 @@ def available_variants() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "variant").glob("*.yaml"))
 
 
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "profile").glob("*.yaml"))
+
+
 def load_config(variant: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Defaults, then configs/base.yaml, then the variant's file, then ``key=value`` overrides."""
+    """Defaults, then configs/base.yaml, then the variant's file, then the profile's (``profile=<name>``
+    among the overrides), then the other ``key=value`` overrides."""
     try:
         cfg = OmegaConf.structured(Config)
         base = CONFIG_DIR / "base.yaml"
@@ -143,6 +151,12 @@ def load_config(variant: str | None = None, overrides: list[str] | tuple[str, ..
         for item in overrides:
             if "=" not in item:
                 raise UserError(f"override {item!r} is not key=value (e.g. trainer.max_epochs=3)")
+        profile = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == "profile"]
+        if profile and profile[-1] not in ("", "null"):
+            path = CONFIG_DIR / "profile" / f"{profile[-1]}.yaml"
+            if not path.exists():
+                raise UserError(f"unknown profile {profile[-1]!r}: choose one of {', '.join(available_profiles())}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))  # the overrides below still win
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise UserError(_describe(exc)) from exc

@@ -40,12 +40,27 @@ def check_accelerator(accelerator: str) -> None:
                         "use trainer.accelerator=cpu or auto, or see the README's 'On a GPU machine'")
 
 
+# Lightning's strategies that fork the training processes: CUDA cannot be used in a forked child once the
+# parent has initialised it, and a run does before fit (the GPU's name for its params, bf16 for precision=auto).
+FORK_STRATEGIES = ("ddp_fork", "ddp_notebook")
+
+
+def check_strategy(strategy: str, accelerator: str) -> None:
+    """``ddp_fork``/``ddp_notebook`` on a GPU stop here in one line (Lightning would refuse at fit, after the
+    data and the run were made): only ``ddp``, which starts fresh processes, is supported there."""
+    name = str(strategy)
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if cuda and any(name.startswith(fork) for fork in FORK_STRATEGIES):
+        raise UserError(f"trainer.strategy={name} is not supported on a GPU (the run initialises CUDA before it "
+                        "forks): use trainer.strategy=ddp")
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` ("cuda" or "cpu") computes bfloat16 in hardware: a CUDA GPU that supports it,
     or a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than float32 (a 3x3 step at
     128x192 on an AVX2-only CPU: 40 s in bf16 against 7.6 s in float32)."""
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cuda":  # without emulation: a T4 or V100 "supports" bf16 only emulated, slower than fp16
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 

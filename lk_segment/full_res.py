@@ -65,17 +65,17 @@ def score_samples(predictor: Predictor, samples: list[Sample], progress: bool = 
     """Each sample's photo through ``predictor`` at its own size, scored against its mask."""
     from tqdm.auto import tqdm
 
-    def load(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-        return read_rgb(sample.image), read_mask(sample.mask)
+    def load(sample: Sample) -> tuple[tuple[np.ndarray, tuple[int, int]], np.ndarray]:  # in a decode thread
+        return predictor.prepare(read_rgb(sample.image)), read_mask(sample.mask)
 
     scores = []
     with tqdm(total=len(samples), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for chunk, pairs in decoded_chunks(samples, load, predictor.batch_size):
-            predicted = predictor.predict_batch([image for image, _ in pairs])
-            for sample, (image, true), mask in zip(chunk, pairs, predicted, strict=True):
-                if true.shape != image.shape[:2]:
+            predicted = predictor.masks([prepared for prepared, _ in pairs])
+            for sample, ((_, (height, width)), true), mask in zip(chunk, pairs, predicted, strict=True):
+                if true.shape != (height, width):
                     raise UserError(f"mask {str(sample.mask)!r} is {true.shape[1]}x{true.shape[0]} but its image is "
-                                    f"{image.shape[1]}x{image.shape[0]}: replace the mask with one of its image's size")
+                                    f"{width}x{height}: replace the mask with one of its image's size")
                 scores.append(ImageScore(sample.image.name, sample.car, *dice_of(mask, true)))
             bar.update(len(chunk))
     return scores
@@ -144,18 +144,13 @@ class FullResEval(L.Callback):
         self._log_csv(trainer, scores, f"epoch_{trainer.current_epoch:03d}.csv")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The best checkpoint's score: reused when it is that of an epoch already scored."""
-        from lk_segment.checkpointing import load_checkpoint
-        from lk_segment.predict import system_from_checkpoint
-
+        """The best checkpoint's score: reused when it is that of an epoch already scored. Global rank 0
+        alone reads the checkpoint (another node may not hold the file) and the others get its figures."""
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             return
-        checkpoint = load_checkpoint(best)
-        scores, timing = self.scores.get(checkpoint["epoch"]), {}
-        if scores is None:
-            scores, seconds = self._score(trainer, pl_module, lambda: system_from_checkpoint(best, checkpoint))
-            timing = {"perf/full_res_eval_s": seconds}
+        result = self._score_best(trainer, pl_module, best) if trainer.is_global_zero else None
+        scores, timing = trainer.strategy.broadcast(result)
         figures = summary(scores)
         best_metrics = {"val/dice_full_best": figures["mean"], "val/dice_full_best_worst": figures["worst"]}
         self.metrics.update(best_metrics)
@@ -164,16 +159,30 @@ class FullResEval(L.Callback):
             trainer.logger.log_metrics({**best_metrics, **timing}, step=trainer.global_step)
         self._log_csv(trainer, scores, "best.csv")
 
+    def _score_best(self, trainer: L.Trainer, pl_module: L.LightningModule, best: str) -> tuple[list, dict]:
+        """On global rank 0: (the best checkpoint's scores, its scoring time as a metric when it was scored now)."""
+        from lk_segment.checkpointing import load_checkpoint
+        from lk_segment.predict import system_from_checkpoint
+
+        checkpoint = load_checkpoint(best)
+        scores = self.scores.get(checkpoint["epoch"])
+        if scores is not None:
+            return scores, {}
+        scores, seconds = self._score_here(trainer, pl_module, lambda: system_from_checkpoint(best, checkpoint))
+        return scores, {"perf/full_res_eval_s": seconds}
+
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, system) -> tuple[list[ImageScore], float]:
-        result = None
-        if trainer.is_global_zero:
-            start = time.perf_counter()
-            samples = validation_samples(trainer.datamodule)
-            predictor = Predictor(system(), device=pl_module.device, batch_size=trainer.datamodule.cfg.batch_size)
-            scores = score_samples(predictor, samples, progress=self.progress,
-                                   desc=f"full-resolution Dice of {len(samples)} validation photos")
-            result = (scores, time.perf_counter() - start)
+        """Scored on global rank 0, its result sent to every rank."""
+        result = self._score_here(trainer, pl_module, system) if trainer.is_global_zero else None
         return trainer.strategy.broadcast(result)
+
+    def _score_here(self, trainer: L.Trainer, pl_module: L.LightningModule, system) -> tuple[list[ImageScore], float]:
+        start = time.perf_counter()
+        samples = validation_samples(trainer.datamodule)
+        predictor = Predictor(system(), device=pl_module.device, batch_size=trainer.datamodule.cfg.batch_size)
+        scores = score_samples(predictor, samples, progress=self.progress,
+                               desc=f"full-resolution Dice of {len(samples)} validation photos")
+        return scores, time.perf_counter() - start
 
     @staticmethod
     def _log_csv(trainer: L.Trainer, scores: list[ImageScore], name: str) -> None:

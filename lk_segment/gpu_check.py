@@ -3,22 +3,24 @@
     python -m lk_segment.gpu_check --out gpu-check            # GPU mode where torch sees CUDA, else CPU mode
     python -m lk_segment.gpu_check --out gpu-check --mode cpu  # the small CPU mode CI runs
 
-Each step runs as its own process, as a user would run it, and the check goes on after a
-failed step; the summary says which passed. In GPU mode (sized for under 8 minutes on one GPU,
-each step with a time limit):
+Each step runs as its own process (in its own process group, all of it ended when the step runs
+past its time limit), as a user would run it, and the check goes on after a failed step; a step
+whose output is missing has failed; the summary says which passed, with each step's time and
+limit. In GPU mode (estimated at about 6 minutes on an H200, docs/performance.md):
 
 1. the environment: torch, CUDA, the device, bf16;
 2. the ``cuda`` tests (``pytest -m cuda``);
 3. synthetic photos in the Kaggle layout (1918x1280);
 4. ``lk-segment train`` of 3x3 and replk, 2 epochs at 512x768, and their MLflow runs checked:
    FINISHED, GPU peak memory logged, Dice logged and in [0, 1];
-5. ``lk-segment bench`` at 1024x1024 for 3x3, 1x5, 5x5 and replk in bf16 + channels_last;
-6. the loader's images/s against the model's at 1024x1536;
+5. ``lk-segment bench`` at 1024x1024 for 3x3 and replk in bf16 + channels_last, on the check's photos;
+6. the loader's images/s (steady state: its workers, pinned memory) against the model's at 1024x1536;
 7. ``lk-segment predict`` of a few photos on the device.
 
 The CPU mode runs the same steps at toy sizes (the ``cuda`` tests then report themselves skipped).
 Writes ``<out>/gpu-check.json`` and ``<out>/gpu-check.md``; the steps' logs go to ``<out>/logs/``
-and their data, MLflow store and outputs to ``<out>/work/``. Exit status 1 when a step failed.
+and their data, MLflow store and outputs to ``<out>/work/`` (``<out>`` is resolved first: the steps
+run in ``<out>/work/`` and are given absolute paths). Exit status 1 when a step failed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_VARIANTS = ("3x3", "replk")
-BENCH_VARIANTS = ("3x3", "1x5", "5x5", "replk")
+BENCH_VARIANTS = ("3x3", "replk")  # the trainings' two: the plain kernel and the largest
 
 
 @dataclass
@@ -60,7 +63,9 @@ MODES = {
                  bench_variants=BENCH_VARIANTS,
                  bench_args=["--steps", "5", "--warmup", "2", "--pair-turns", "3", "--loader-images", "24"],
                  loader=(1024, 1536), loader_images=48, predict_photos=8,
-                 timeout_s={"tests": 240, "train": 150, "bench": 300, "loader": 120, "predict": 90}),
+                 # limits; the estimates on an H200 (docs/performance.md): tests 120 s, data 10, each training
+                 # 40, bench 90, loader 40, predict 20: about 6 minutes in all
+                 timeout_s={"tests": 240, "train": 150, "bench": 200, "loader": 120, "predict": 90}),
     # The same steps on toy models and sizes: it checks that the script and every command in it work.
     "cpu": Sizes(photo=(240, 160), cars=3, train=(32, 48), train_args=["model.width=4", "model.depth=2"],
                  bench=(32, 48), bench_variants=("3x3",),
@@ -78,13 +83,13 @@ MODES = {
 def environment() -> dict:
     import torch
 
-    from lk_segment.device import device_name
+    from lk_segment.device import device_name, native_bf16
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     return {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
-            "device_name": device_name(device), "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "device_name": device_name(device), "bf16": native_bf16("cuda") if cuda else False,
             "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
             "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
 
@@ -135,6 +140,7 @@ class Check:
     """Runs the steps one after the other, each in its own process, and collects the results."""
 
     def __init__(self, out: Path, mode: str):
+        out = Path(out).resolve()  # the steps run in work/: every path they are given is absolute
         self.out, self.mode, self.sizes = out, mode, MODES[mode]
         self.work, self.logs = out / "work", out / "logs"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -146,21 +152,26 @@ class Check:
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
     def run(self, name: str, argv: list[str], timeout_key: str, cwd: Path | None = None) -> dict:
-        """One step's process; its output to logs/<name>.log; a record of how it went."""
-        number = len(self.steps) + 1
-        print(f"[{number}] {name} ...", flush=True)
+        """One step's process, in a process group of its own (a DDP run a test starts, a loader's workers:
+        all of it ends on a timeout, none keeps the GPU); its output to logs/<name>.log; how it went."""
+        number, limit = len(self.steps) + 1, self.sizes.timeout_s[timeout_key]
+        print(f"[{number}] {name} ... (limit {limit} s)", flush=True)
         start = time.perf_counter()
         log = self.logs / f"{name}.log"
-        try:
-            with open(log, "w") as f:
-                proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.work, env=self.env,
-                                      timeout=self.sizes.timeout_s[timeout_key])
-            status = "passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-        except subprocess.TimeoutExpired:
-            status = f"failed (over {self.sizes.timeout_s[timeout_key]} s)"
-        step = {"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1), "log": str(log)}
+        with open(log, "w") as f:
+            proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd or self.work, env=self.env,
+                                    start_new_session=True)
+            try:
+                code = proc.wait(timeout=limit)
+                status = "passed" if code == 0 else f"failed (exit {code})"
+            except subprocess.TimeoutExpired:
+                status = f"failed (over {limit} s)"
+            finally:
+                _end_group(proc)
+        step = {"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1), "limit_s": limit,
+                "log": str(log)}
         self.steps.append(step)
-        print(f"[{number}] {name}: {status} in {step['seconds']} s", flush=True)
+        print(f"[{number}] {name}: {status} in {step['seconds']} s (limit {limit} s)", flush=True)
         if status != "passed":
             print("    " + "\n    ".join(log.read_text(errors="replace").splitlines()[-15:]), flush=True)
         return step
@@ -171,7 +182,13 @@ class Check:
         result.unlink(missing_ok=True)
         step = self.run(name, [sys.executable, "-m", "lk_segment.gpu_check", "--step", name, "--mode", self.mode,
                                "--work", str(self.work), "--device", self.device], timeout_key)
-        return json.loads(result.read_text()) if step["status"] == "passed" and result.exists() else None
+        if step["status"] != "passed":
+            return None
+        try:
+            return json.loads(result.read_text())
+        except (OSError, ValueError) as exc:  # exited 0 without its result: a failed step all the same
+            self.fail(step, f"no result from the step: {exc!r}")
+            return None
 
     def inline(self, name: str, function):
         """A cheap step in this process (the environment, the synthetic photos); None when it failed."""
@@ -182,7 +199,7 @@ class Check:
         except Exception as exc:
             status = f"failed ({type(exc).__name__}: {exc})"
         self.steps.append({"name": name, "status": status, "seconds": round(time.perf_counter() - start, 1)})
-        print(f"[{len(self.steps)}] {name}: {status}", flush=True)
+        print(f"[{len(self.steps)}] {name}: {status} in {self.steps[-1]['seconds']} s", flush=True)
         return result
 
     def fail(self, step: dict, why: str) -> None:
@@ -198,7 +215,7 @@ class Check:
         root = self.work / "carvana"
         self.inline("data", lambda: make_data(root, self.sizes))
         results["trainings"] = {v: self.train(v, root) for v in TRAIN_VARIANTS}
-        results["bench"] = self.bench()
+        results["bench"] = self.bench(root)
         results["loader"] = self.python_step("loader", "loader")
         results["predict"] = self.predict(root, results["trainings"].get("3x3") or {})
         results["steps"] = self.steps
@@ -214,7 +231,11 @@ class Check:
             *self.sizes.train_args], "train")
         if step["status"] != "passed":
             return {}
-        return self.check_run(step, variant)
+        try:
+            return self.check_run(step, variant)
+        except Exception as exc:  # no experiment, no run: the step failed, the check goes on
+            self.fail(step, f"its MLflow run could not be read: {exc!r}")
+            return {}
 
     def check_run(self, step: dict, variant: str) -> dict:
         """The latest run of ``variant`` in the check's store: FINISHED, Dice logged (2 short epochs may
@@ -244,17 +265,20 @@ class Check:
             self.fail(step, f"perf/gpu_peak_mem_mb {record['gpu_peak_mem_mb']} on a {self.device} run")
         return record
 
-    def bench(self) -> dict | None:
+    def bench(self, root: Path) -> dict | None:
+        """The bench on the check's photos (its loader figure would otherwise generate the default set)."""
         height, width = self.sizes.bench
         path = self.work / "bench.json"
+        path.unlink(missing_ok=True)
         step = self.run("bench", [sys.executable, "-m", "lk_segment", "bench", "--out", str(path), "--device",
                                   self.device, "--variants", *self.sizes.bench_variants, "--height", str(height),
-                                  "--width", str(width), "--settings", "bf16+cl", *self.sizes.bench_args], "bench")
+                                  "--width", str(width), "--settings", "bf16+cl", *self.sizes.bench_args,
+                                  f"data.root={root}"], "bench")
         if step["status"] != "passed":
             return None
         try:
             return summarise_bench(json.loads(path.read_text()))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (OSError, KeyError, TypeError, ValueError) as exc:  # a missing JSON too: a failed step
             self.fail(step, f"bench JSON not as expected: {exc!r}")
             return None
 
@@ -274,6 +298,15 @@ class Check:
         if step["status"] == "passed" and masks != self.sizes.predict_photos:
             self.fail(step, f"{masks} masks written for {self.sizes.predict_photos} photos")
         return {"photos": self.sizes.predict_photos, "masks": masks, "seconds": step["seconds"], "device": self.device}
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of a step's process group (its leader exited or ran past its limit) and reap the leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group had already exited
+        pass
+    proc.wait()
 
 
 def summarise_bench(bench: dict) -> dict:
@@ -316,8 +349,8 @@ def markdown(results: dict) -> str:
     lines = [f"# gpu-check ({results['mode']} mode): {'all steps passed' if results['passed'] else 'FAILED'}", "",
              f"Device: {env.get('device_name', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, "
              f"bf16 {env.get('bf16')}, {env.get('cpus')} CPUs, python {env.get('python')}.", "",
-             "| step | status | seconds |", "|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} |" for s in results["steps"]]
+             "| step | status | seconds | limit s |", "|---|---|---|---|"]
+    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s.get('limit_s', '')} |" for s in results["steps"]]
     tests = results.get("cuda_tests") or {}
     lines += ["", "`cuda` tests: " + ", ".join(f"{v} {k}" for k, v in tests.items() if k != "skip_reasons")]
     lines += [f"  (skipped: {r})" for r in tests.get("skip_reasons", [])[:1]]
@@ -382,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         (Path(args.work) / f"{args.step}.json").write_text(json.dumps(result, indent=1))
         print(json.dumps(result, indent=1))
         return 0
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the steps run in <out>/work/: a relative --out would name another folder there
     started = time.perf_counter()
     print(f"gpu-check in {mode} mode, into {out}/", flush=True)
     results = Check(out, mode).all()

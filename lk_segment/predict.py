@@ -24,6 +24,7 @@ from lk_segment.config import training_size
 from lk_segment.data.carvana import IMAGE_SUFFIXES
 from lk_segment.data.normalize import Normalize
 from lk_segment.data.rle import rle_encode
+from lk_segment.device import native_bf16
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
 
@@ -74,8 +75,10 @@ class Predictor:
 
     Each image is resized (INTER_AREA) to the training size, normalised on the device, run
     through the fused model (in batches; bf16 autocast on a GPU that has it), and its logits
-    are upsampled bilinearly to the image's own size and thresholded at 0. With ``tta`` the
-    logits are the mean of those of the image and of its mirror image, mirrored back.
+    are upsampled bilinearly to the image's own size and thresholded at 0, on the device: a
+    batch's masks reach the host as one uint8 copy. With ``tta`` the logits are the mean of
+    those of the image and of its mirror image, mirrored back. ``prepare`` is the per-image CPU
+    work, for the threads that decode the photos (``predict_folder``), ``masks`` the rest.
     """
 
     def __init__(self, system: SegmentationSystem, device: str | torch.device | None = "cpu",
@@ -87,7 +90,7 @@ class Predictor:
         self.model = system.model.eval().reparameterize().to(self.device, memory_format=self.memory_format)
         self.tta, self.batch_size = tta, max(1, int(batch_size))
         # bf16 autocast where the GPU has it (the training default); float32 on the CPU, as trained masks expect
-        self.autocast = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.autocast = self.device.type == "cuda" and native_bf16("cuda")
         data = system.hparams.get("data") or {}
         self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
         self.normalize = Normalize().to(self.device)
@@ -99,10 +102,18 @@ class Predictor:
             raise UserError(f"expected an RGB image (H, W, 3), got an array of shape {tuple(image_rgb.shape)}")
         return cv2.resize(image_rgb, (w, h), interpolation=cv2.INTER_AREA)
 
+    def prepare(self, image_rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The CPU work of one photo, done where it is decoded: (the photo at the training size, its own (H, W))."""
+        return self.resize(image_rgb), image_rgb.shape[:2]
+
     @torch.inference_mode()
     def small_logits(self, images_rgb: list[np.ndarray]) -> torch.Tensor:
         """Float logits (B, 1, h, w) at the training size, on the device, for a list of RGB uint8 images."""
-        batch = torch.from_numpy(np.stack([self.resize(im) for im in images_rgb]))  # (B, h, w, 3) uint8
+        return self._logits(np.stack([self.resize(im) for im in images_rgb]))
+
+    def _logits(self, resized: np.ndarray) -> torch.Tensor:
+        """(B, h, w, 3) uint8 at the training size -> float logits (B, 1, h, w) on the device."""
+        batch = torch.from_numpy(resized)
         x = self.normalize(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))  # uint8 travels
         x = x.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -121,13 +132,26 @@ class Predictor:
     @torch.inference_mode()
     def predict_batch(self, images_rgb: list[np.ndarray]) -> list[np.ndarray]:
         """0/1 uint8 masks, each at its image's own size; the model sees ``batch_size`` images at a time."""
+        return self.masks([self.prepare(image) for image in images_rgb])
+
+    @torch.inference_mode()
+    def masks(self, prepared: list[tuple[np.ndarray, tuple[int, int]]]) -> list[np.ndarray]:
+        """0/1 uint8 masks of ``prepare``-d photos, each at its own size: upsampled and thresholded on the
+        device, then one copy to the host per batch of ``batch_size`` (uint8: a quarter of float logits)."""
         masks: list[np.ndarray] = []
-        for i in range(0, len(images_rgb), self.batch_size):
-            chunk = images_rgb[i : i + self.batch_size]
-            small = self.small_logits(chunk)
-            for image, logit in zip(chunk, small, strict=True):  # each back to its own size
-                full = F.interpolate(logit[None], size=image.shape[:2], mode="bilinear", align_corners=False)
-                masks.append((full[0, 0] > 0).to(torch.uint8).cpu().numpy())
+        for i in range(0, len(prepared), self.batch_size):
+            chunk = prepared[i : i + self.batch_size]
+            small = self._logits(np.stack([resized for resized, _ in chunk]))
+            shapes = [shape for _, shape in chunk]
+            if len(set(shapes)) == 1:  # Carvana: every photo 1918x1280, one upsampling for the batch
+                full = F.interpolate(small, size=shapes[0], mode="bilinear", align_corners=False) > 0
+                flat = full.to(torch.uint8).flatten()
+            else:  # each back to its own size, laid end to end
+                flat = torch.cat([(F.interpolate(logit[None], size=shape, mode="bilinear", align_corners=False) > 0)
+                                  .to(torch.uint8).flatten() for logit, shape in zip(small, shapes, strict=True)])
+            host = flat.cpu().numpy()  # the batch's one copy to the host
+            ends = np.cumsum([h * w for h, w in shapes])
+            masks += [part.reshape(shape) for part, shape in zip(np.split(host, ends[:-1]), shapes, strict=True)]
         return masks
 
     def predict(self, image_rgb: np.ndarray) -> np.ndarray:
@@ -141,6 +165,7 @@ def decoded_chunks(items: list, load: Callable, chunk_size: int,
 
     Threads (OpenCV and PIL release the GIL) decode the next chunk while the caller works on
     this one (e.g. the model runs on it); at most two chunks of decoded images are held at once.
+    ``load`` runs in those threads: it may do more CPU work than decoding (``Predictor.prepare``).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -168,7 +193,11 @@ def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
     """Write ``<name>_mask.png`` (0/255) per image and ``submission.csv``; return the CSV path.
 
     ``device``: auto (the GPU when there is one), cpu or cuda; ``tta``: flip test-time augmentation.
+    The main thread only feeds the model: decoding and resizing run in the decode threads, PNG encoding
+    and run-length encoding in writer threads (a chunk's rows are written while the next one predicts).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     system = load_system(ckpt)  # a missing or foreign checkpoint is named first
@@ -181,14 +210,28 @@ def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
     predictor = Predictor(system, device=device, tta=tta, batch_size=batch_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out_dir / "submission.csv"
-    with open(csv_path, "w", newline="") as f, \
+    def write(path: Path, mask: np.ndarray) -> list[str]:  # in a writer thread: its PNG, its CSV row
+        if not cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255):
+            raise UserError(f"cannot write {str(out_dir / (path.stem + '_mask.png'))!r}")
+        return [path.name, rle_encode(mask)]
+
+    with open(csv_path, "w", newline="") as f, ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as writers, \
             tqdm(total=len(images), desc=f"predicting on {predictor.device.type}", unit="img",
                  disable=not progress) as bar:
         writer = csv.writer(f)
         writer.writerow(["img", "rle_mask"])
-        for chunk, rgb in decoded_chunks(images, read_rgb, predictor.batch_size):
-            for path, mask in zip(chunk, predictor.predict_batch(rgb), strict=True):
-                cv2.imwrite(str(out_dir / f"{path.stem}_mask.png"), mask * 255)
-                writer.writerow([path.name, rle_encode(mask)])
-            bar.update(len(chunk))
+        pending: list = []  # the previous chunk's rows, in order
+
+        def flush() -> None:
+            for future in pending:
+                writer.writerow(future.result())
+            bar.update(len(pending))
+            pending.clear()
+
+        load = lambda path: predictor.prepare(read_rgb(path))
+        for chunk, prepared in decoded_chunks(images, load, predictor.batch_size):
+            masks = predictor.masks(prepared)
+            flush()
+            pending.extend(writers.submit(write, path, mask) for path, mask in zip(chunk, masks, strict=True))
+        flush()
     return csv_path

@@ -54,17 +54,20 @@ class SegmentationSystem(L.LightningModule):
         self.save_hyperparameters(logger=False)  # train() logs the whole resolved config itself
         self.model = build_model(model)
         # Dice over all validation pixels = F1 of the pixel classifier (2TP / (2TP + FP + FN)).
-        self.val_dice = BinaryF1Score(threshold=0.5)
-        self.val_iou = BinaryJaccardIndex(threshold=0.5)
+        # validate_args=False: the input checks (unique, all) would make the host wait for the device every step
+        self.val_dice = BinaryF1Score(threshold=0.5, validate_args=False)
+        self.val_iou = BinaryJaccardIndex(threshold=0.5, validate_args=False)
         self.best_dice = 0.0
         self.channels_last = False
         data = data or {}
         self.normalize = Normalize()  # the loader's uint8 batches become the model's input on the device
-        self.batch_augment = None  # data.augment_on=gpu: whole batches augmented on the device
+        # data.augment_on=gpu: whole batches augmented on the device (kornia). Not an nn.Module: a plain
+        # attribute, so it is no child of this module (no checkpoint state; .to(cuda) leaves its CPU generator)
+        self.batch_augment = None
         if data.get("augment") and data.get("augment_on", "cpu") == "gpu":
-            from lk_segment.data.augment_gpu import BatchAugmentation
+            from lk_segment.data.augment_device import DeviceAugmentation
 
-            self.batch_augment = BatchAugmentation()
+            self.batch_augment = DeviceAugmentation()
         self.nonfinite = NonFiniteGuard()
 
     def configure_speed(self, channels_last: bool = False, compile: bool = False) -> None:
@@ -82,7 +85,7 @@ class SegmentationSystem(L.LightningModule):
         return self.model(x)
 
     def on_fit_start(self) -> None:
-        if self.batch_augment is not None:  # each DDP rank draws its own augmentations
+        if self.batch_augment is not None:  # each DDP rank draws its own augmentations: seed + global rank
             self.batch_augment.reseed(torch.initial_seed() + self.global_rank)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -26,7 +26,7 @@ from lk_segment.callbacks import PerfMonitor
 from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, to_container, training_size
 from lk_segment.data.module import CarvanaDataModule
-from lk_segment.device import check_accelerator, device_name, resolve_precision
+from lk_segment.device import check_accelerator, check_strategy, device_name, resolve_precision
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
 from lk_segment.full_res import FullResEval
@@ -53,6 +53,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     comparison); ``callbacks`` are extra Lightning callbacks (a sweep's progress line).
     """
     check_accelerator(cfg.trainer.accelerator)  # before the data is prepared or a run created
+    check_strategy(cfg.trainer.strategy, cfg.trainer.accelerator)
     # precision=auto becomes what runs here (and is logged so)
     cfg = OmegaConf.merge(cfg, {"trainer": {"precision": resolve_precision(cfg.trainer.precision,
                                                                           cfg.trainer.accelerator)}})
@@ -165,6 +166,7 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
     ``cudnn.benchmark`` is on unless the run asks to be deterministic: training batches have
     one shape (the short last one is dropped), so each convolution's fastest kernel is found once.
     """
+    check_strategy(t.strategy, t.accelerator)  # before precision=auto initialises CUDA
     try:
         return L.Trainer(
             max_epochs=t.max_epochs, precision=resolve_precision(t.precision, t.accelerator),

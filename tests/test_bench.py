@@ -19,7 +19,7 @@ from lk_segment.bench.settings import pick_fast
 from lk_segment.bench.steps import training_cost
 from lk_segment.cli import main
 from lk_segment.config import load_config, to_container
-from lk_segment.data.augment_gpu import BatchAugmentation
+from lk_segment.data.augment_device import DeviceAugmentation
 from lk_segment.errors import UserError
 from lk_segment.reference import REFERENCE_BLOCKS, ReferenceUNet, reference_loss
 from lk_segment.system import SegmentationSystem, soft_dice_loss
@@ -172,7 +172,7 @@ def test_augment_on_gpu_moves_augmentation_into_the_system(tiny_cfg):
 
     cfg = tiny_cfg("3x3", "data.augment=true", "data.augment_on=gpu")
     system = SegmentationSystem(**{k: to_container(cfg)[k] for k in ("model", "optim", "data")})
-    assert isinstance(system.batch_augment, BatchAugmentation)
+    assert isinstance(system.batch_augment, DeviceAugmentation)
     dm = CarvanaDataModule(cfg.data, progress=False)
     dm.setup("fit")
     assert dm.train_set.transform is None  # the loader only decodes and normalises

@@ -43,3 +43,15 @@ def test_training_size_keeps_carvana_aspect():
     assert training_size(128) == (128, 192)
     assert training_size(256) == (256, 384)
     assert training_size(100, 150) == (100, 150)
+
+
+def test_the_gpu_profile_is_merged_after_the_variant_and_before_the_overrides():
+    default = load_config("5x5")
+    cfg = load_config("5x5", ["profile=gpu"])
+    assert cfg.profile == "gpu" and cfg.model == default.model  # the variant's model, the profile's data
+    assert (cfg.data.height, cfg.data.width, cfg.data.batch_size) == (512, 768, 32)
+    assert training_size(cfg.data.height, cfg.data.width) == (512, 768)
+    cfg = load_config("5x5", ["data.batch_size=16", "profile=gpu"])  # the command line wins, in any order
+    assert cfg.data.batch_size == 16 and cfg.data.height == 512
+    with pytest.raises(UserError, match="unknown profile 'tpu': choose one of gpu"):
+        load_config("3x3", ["profile=tpu"])

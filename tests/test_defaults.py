@@ -50,3 +50,34 @@ def test_precision_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     assert resolve_precision("auto", accelerator) == expected
     assert resolve_precision("16-mixed", accelerator) == "16-mixed"  # an explicit choice is kept
+
+
+def test_precision_auto_takes_16_mixed_on_a_gpu_that_only_emulates_bf16(monkeypatch):
+    """A T4 or V100: torch.cuda.is_bf16_supported() says yes by counting emulation; bf16 there is slower than fp16."""
+    import torch
+
+    from lk_segment.device import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto", "gpu") == "16-mixed"
+    assert resolve_precision("auto", "auto") == "16-mixed"
+
+
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_notebook"])
+def test_a_forking_strategy_on_a_gpu_stops_in_one_line_before_cuda_is_touched(monkeypatch, strategy):
+    """The run reads the GPU (its name, bf16) before fit, which initialises CUDA, and a forked process cannot use
+    CUDA then: only ddp is supported on a GPU, said before anything asks the GPU (or a missing one) a question."""
+    import torch
+
+    from lk_segment.device import check_strategy
+    from lk_segment.errors import UserError
+    from lk_segment.train import build_trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA calls that follow would fail here
+    cfg = load_config("3x3", ["trainer.accelerator=gpu", f"trainer.strategy={strategy}", "trainer.devices=2"])
+    with pytest.raises(UserError, match="trainer.strategy=ddp$") as error:
+        build_trainer(cfg.trainer, logger=False)
+    assert "\n" not in str(error.value)
+    check_strategy(strategy, "cpu")  # on the CPU, forking is fine
+    check_strategy("ddp", "gpu")
