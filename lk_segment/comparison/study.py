@@ -191,7 +191,7 @@ def estimate(study: StudyConfig, steps_ms: dict[str, float]) -> float:
 def bench_steps(study: StudyConfig, parent_id: str) -> dict[str, float]:
     """Median ms of each variant's clean training step at the study's size, batch and precision, the
     variants taking turns step by step (so a slow spell of the machine hits them all alike); logged to the
-    parent run once per machine (the machine's name and precision beside them)."""
+    parent run once per study, the machine's name and precision beside them (``bench.machine``)."""
     import torch
 
     from lk_segment.bench.pairs import steps_in_turns_ms
@@ -207,9 +207,10 @@ def bench_steps(study: StudyConfig, parent_id: str) -> dict[str, float]:
     device = torch.device("cuda" if torch.cuda.is_available() and first.trainer.accelerator != "cpu" else "cpu")
     precision = resolve_precision(first.trainer.precision, first.trainer.accelerator)
     machine = f"{device_name(device)}, {precision}"
-    if parent.data.params.get("bench.machine") == machine and all(
-            f"{STEP_METRIC}/{v}" in parent.data.metrics for v in study.variants):
-        print(f"[study] clean step times already measured on {machine}", flush=True)
+    measured = parent.data.params.get("bench.machine")
+    if measured is not None and all(f"{STEP_METRIC}/{v}" in parent.data.metrics for v in study.variants):
+        # once per study: a study resumed elsewhere keeps the first machine's steps (its report says which)
+        print(f"[study] clean step times already measured on {measured}", flush=True)
         return {v: parent.data.metrics[f"{STEP_METRIC}/{v}"] for v in study.variants}
     height, width = training_size(first.data.height, first.data.width, 2**first.model.depth)
     images, masks = random_batch(first.data.batch_size, height, width)
