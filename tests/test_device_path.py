@@ -78,6 +78,7 @@ def test_loader_on_cuda_pins_and_takes_a_share_of_the_cores(datamodule, monkeypa
     loader = dm.train_dataloader()
     assert loader.pin_memory and loader.persistent_workers
     assert loader.num_workers == default_num_workers(True, 2) == 7  # 16 cores / 2 devices, less the main process
+    assert dm.val_dataloader().num_workers == 2  # a quarter, rounded up: no augmentation to feed
     dm = datamodule("data.num_workers=3")
     dm.trainer = fake_trainer("cuda")
     assert dm.train_dataloader().num_workers == 3  # a value given is kept

@@ -104,6 +104,9 @@ class EpochShuffleSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
+VAL_WORKER_SHARE = 4  # the validation loader gets a quarter of the training loader's default workers
+
+
 def default_num_workers(on_cuda: bool, devices_per_node: int = 1) -> int:
     """``data.num_workers`` when not given.
 
@@ -188,6 +191,8 @@ class CarvanaDataModule(L.LightningDataModule):
         workers = self.cfg.num_workers
         if workers is None:
             workers = default_num_workers(on_cuda, trainer.num_devices if trainer is not None else 1)
+            if not shuffle:  # validation: no augmentation, a forward pass a batch; its persistent workers
+                workers = (workers + VAL_WORKER_SHARE - 1) // VAL_WORKER_SHARE  # would sit beside training's
         batch = self.cfg.batch_size
         # training: equal batches (fixed shapes for cudnn.benchmark and compile), unless not one is full
         world = trainer.world_size if trainer is not None else 1
