@@ -58,9 +58,35 @@ def store_client(uri: str):
     return MlflowClient(uri, registry_uri=uri)
 
 
+_MIGRATED_STORE: list[Path] = []  # one per test process: an empty store MLflow has already migrated
+
+
+def migrated_store() -> Path:
+    """An empty MLflow SQLite store with MLflow's schema migrations already run (made once per process):
+    a new store is a copy of it, not another run of the migrations (seconds each, some 40 stores a suite)."""
+    if not _MIGRATED_STORE:
+        from mlflow.tracking import MlflowClient
+
+        folder = Path(tempfile.mkdtemp(prefix="lk-mlflow-template-"))
+        here = os.getcwd()
+        os.chdir(folder)  # the Default experiment's artifact folder is made relative to it
+        try:
+            MlflowClient(f"sqlite:///{folder}/mlflow.db").search_experiments()
+        finally:
+            os.chdir(here)
+        _MIGRATED_STORE.append(folder / "mlflow.db")
+    return _MIGRATED_STORE[0]
+
+
 def use_working_folder(mp: pytest.MonkeyPatch, path: Path) -> Path:
     """Make ``path`` the working folder, with its own MLflow store, until ``mp`` is undone."""
     (path / "mlruns").mkdir(parents=True, exist_ok=True)
+    db = path / "mlruns" / "mlflow.db"
+    if not db.exists():
+        shutil.copyfile(migrated_store(), db)
+        with closing(sqlite3.connect(db)) as store, store:  # the Default experiment's folder: this one's
+            store.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                          (str(path / "mlruns" / "0"),))
     mp.chdir(path)
     mp.setenv("MLFLOW_TRACKING_URI", store_uri(path))
     return path
