@@ -16,7 +16,8 @@ Data: ``tiny_root`` is a small synthetic Carvana (generated once per session);
 ``tiny_overrides(root, ...)`` the config overrides of a seconds-long training on it, and
 ``tiny_cfg(variant, ...)`` that config, loaded, in a ``workdir``;
 ``requires_carvana`` skips a test unless ``LK_CARVANA_ROOT`` names the real sample.
-``tiny_comparison`` is one finished ``lk-segment compare`` (four trainings), read-only.
+``tiny_comparison`` is one finished ``lk-segment compare`` (four trainings), read-only;
+``trained_run`` one finished tiny training, read-only, and ``trained_copy`` a copy of it to write to.
 """
 
 from __future__ import annotations
@@ -177,19 +178,60 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     return {"work": work, "uri": store_uri(work), "experiment": "tiny_compare", "overrides": overrides, **result}
 
 
-@pytest.fixture
-def comparison_copy(tiny_comparison, tmp_path) -> dict:
-    """A copy of the shared comparison (store, artifacts, checkpoints, report), for a test that changes it."""
-    work = tmp_path / "comparison"
-    shutil.copytree(tiny_comparison["work"], work)
-    old, new = str(tiny_comparison["work"]), str(work)
+def copy_work(src: Path, dst: Path) -> Path:
+    """A copy of a working folder (store, artifacts, checkpoints) whose MLflow store points at the copy."""
+    shutil.copytree(src, dst)
+    old, new = str(src), str(dst)
     # MLflow keeps artifact locations as absolute URIs: point the copy's at the copied artifacts.
-    with closing(sqlite3.connect(work / "mlruns" / "mlflow.db")) as db, db:
+    with closing(sqlite3.connect(dst / "mlruns" / "mlflow.db")) as db, db:
         db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
         db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
         db.execute("UPDATE logged_models SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
         db.execute("UPDATE model_versions SET storage_location = replace(storage_location, ?, ?)", (old, new))
-    return {**tiny_comparison, "work": work, "uri": store_uri(work)}
+    forget_artifact_folders()
+    return dst
+
+
+def forget_artifact_folders() -> None:
+    """MLflow remembers each run's artifact folder by run id, for the whole process: a copy's runs have the
+    original's ids, and would log into the original's folders (or, after it, the original's into the copy's)."""
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._artifact_repos_cache.clear()
+
+
+@pytest.fixture
+def comparison_copy(tiny_comparison, tmp_path):
+    """A copy of the shared comparison (store, artifacts, checkpoints, report), for a test that changes it."""
+    work = copy_work(tiny_comparison["work"], tmp_path / "comparison")
+    yield {**tiny_comparison, "work": work, "uri": store_uri(work)}
+    forget_artifact_folders()
+
+
+TRAINED_EPOCHS = 3  # of the shared run; its full-resolution Dice after epochs 2 and 3
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_root, tmp_path_factory) -> dict:
+    """One tiny training (5x5, 3 epochs, full-resolution Dice every 2) in its own folder and store, shared,
+    read-only, by the tests that only read a run; ``trained_copy`` for a test that writes to it."""
+    from lk_segment.train import train
+
+    work = tmp_path_factory.mktemp("trained")
+    overrides = tiny_overrides(tiny_root, f"trainer.max_epochs={TRAINED_EPOCHS}", "model.width=8",
+                               "trainer.full_res_eval_every=2")
+    with pytest.MonkeyPatch.context() as mp:
+        use_working_folder(mp, work)
+        result = train(load_config("5x5", overrides))
+    return {"result": result, "run_id": result["run_id"], "work": work, "uri": store_uri(work)}
+
+
+@pytest.fixture
+def trained_copy(trained_run, tmp_path, monkeypatch):
+    """A copy of the shared run's folder, made the working folder: for a test that logs to the run."""
+    work = use_working_folder(monkeypatch, copy_work(trained_run["work"], tmp_path / "trained"))
+    yield {**trained_run, "work": work, "uri": store_uri(work)}
+    forget_artifact_folders()
 
 
 def start_ui(args: list[str], cwd: Path, port: int, cmd: list[str] | None = None,

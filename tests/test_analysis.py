@@ -15,7 +15,6 @@ from lk_segment.analysis.flops import count_gflops
 from lk_segment.analysis.variants import format_table, readme_table, replace_readme_table, variants_table
 from lk_segment.cli import main
 from lk_segment.config import available_variants
-from lk_segment.train import train
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -166,10 +165,9 @@ def test_erf_command_refuses_both_or_neither(capsys):
 
 
 @pytest.mark.slow
-def test_erf_command_logs_to_a_trained_run(tiny_cfg, workdir, capsys):
-    result = train(tiny_cfg("5x5", "model.depth=2", "model.width=8"))
-    run_id = result["run_id"]
-    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+def test_erf_command_logs_to_a_trained_run(trained_copy, capsys):
+    run_id = trained_copy["run_id"]  # the erf is logged to the run: a copy of the shared one
+    client = MlflowClient(trained_copy["uri"])
     params = client.get_run(run_id).data.params
     assert float(params["model/gflops"]) > 0 and int(params["model/receptive_field_px"]) > 5
 

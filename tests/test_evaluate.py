@@ -12,12 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from lk_segment.cli import main
-from lk_segment.config import load_config
 from lk_segment.data.carvana import read_mask
 from lk_segment.data.rle import rle_decode
 from lk_segment.full_res import dice_of
-from lk_segment.train import train
-from tests.conftest import carvana_root, tiny_overrides
+from tests.conftest import carvana_root
 
 
 def kaggle_folder(root: Path, images: dict[str, tuple[int, int]], masks: dict[str, tuple[int, int]]) -> Path:
@@ -72,10 +70,10 @@ def subset(source: Path, dest: Path, photos: int) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["synthetic", pytest.param("real", marks=pytest.mark.real_data)])
-def test_evaluate_gives_the_dice_of_the_decoded_submission(tiny_root, workdir, source):
+def test_evaluate_gives_the_dice_of_the_decoded_submission(tiny_root, trained_copy, source):
     if source == "real" and carvana_root() is None:
         pytest.skip("LK_CARVANA_ROOT is unset: point it at the real Carvana sample to run this test")
-    run_id = train(load_config("3x3", tiny_overrides(tiny_root)))["run_id"]
+    run_id, workdir = trained_copy["run_id"], trained_copy["work"]  # evaluate logs to the run: a copy
     data = subset(tiny_root if source == "synthetic" else carvana_root(), workdir / "photos", 12)
 
     assert main(["evaluate", "--run", run_id, "--data", str(data), "--out", "ev"]) == 0

@@ -10,11 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lk_segment.config import load_config
 from lk_segment.data.carvana import Sample
 from lk_segment.full_res import FullResEval, ImageScore, dice_of, score_samples, summary
-from lk_segment.train import train
-from tests.conftest import tiny_overrides
 
 
 def two_cars() -> list[tuple[np.ndarray, np.ndarray]]:
@@ -88,10 +85,10 @@ def test_full_res_eval_is_due_after_the_last_epoch_and_every_n(every, max_epochs
 
 
 @pytest.mark.slow
-def test_training_logs_full_res_dice_per_eval_and_on_the_best_checkpoint(tiny_root, workdir):
-    cfg = load_config("3x3", tiny_overrides(tiny_root, "trainer.max_epochs=3", "trainer.full_res_eval_every=2"))
-    result = train(cfg)
-    client = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db")
+def test_training_logs_full_res_dice_per_eval_and_on_the_best_checkpoint(trained_run, tmp_path):
+    """The shared run: 3 epochs, full-resolution Dice every 2 (tests/conftest.py)."""
+    result, workdir = trained_run["result"], tmp_path
+    client = MlflowClient(trained_run["uri"])
     run_id = result["run_id"]
     history = client.get_metric_history(run_id, "val/dice_full")
     assert len(history) == 2  # epochs 2 and 3 (the last); not epoch 1

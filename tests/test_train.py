@@ -19,20 +19,22 @@ from lk_segment.device import cpu_name
 from lk_segment.predict import predict_folder
 from lk_segment.tracking import find_checkpoint, tracking_uri
 from lk_segment.train import train
-from tests.conftest import carvana_root, requires_carvana, store_uri, tiny_overrides, use_working_folder
+from tests.conftest import (
+    TRAINED_EPOCHS,
+    carvana_root,
+    requires_carvana,
+    store_uri,
+    use_working_folder,
+)
 
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "perf/epoch_time_s",
                  "perf/train_images_per_s", "perf/cpu_peak_rss_mb"]
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_root, tmp_path_factory):
-    """One tiny 2-epoch training shared by the tests below (in its own folder and store)."""
-    work = tmp_path_factory.mktemp("work")
-    with pytest.MonkeyPatch.context() as mp:
-        use_working_folder(mp, work)
-        result = train(load_config("5x5", tiny_overrides(tiny_root, "trainer.max_epochs=2", "model.width=8")))
-    return result, work
+@pytest.fixture
+def trained(trained_run):
+    """The session's shared tiny training (tests/conftest.py): (train() result, its folder)."""
+    return trained_run["result"], trained_run["work"]
 
 
 @pytest.mark.slow
@@ -45,14 +47,14 @@ def test_fit_writes_an_mlflow_run_with_every_metric(trained):
     assert run.data.tags["variant"] == "5x5" and run.data.tags["kernel_size"] == "5"
     for key in EPOCH_METRICS:
         history = client.get_metric_history(result["run_id"], key)
-        assert len(history) == 2, key  # one value per epoch
+        assert len(history) == TRAINED_EPOCHS, key  # one value per epoch
         assert all(np.isfinite(m.value) for m in history)
     on_cuda = torch.cuda.is_available()  # trainer.accelerator=auto trains on the GPU where there is one
     assert run.data.params["trainer.device_name"] == (torch.cuda.get_device_name(0) if on_cuda else cpu_name())
     for key in ("perf/gpu_peak_mem_mb", "perf/gpu_peak_reserved_mb"):  # exactly when the run trained on CUDA
         assert (key in run.data.metrics) == on_cuda, key
     assert int(run.data.params["model/params"]) > 0
-    assert run.data.params["model.block"] == "5x5" and run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.params["model.block"] == "5x5" and run.data.params["trainer.max_epochs"] == str(TRAINED_EPOCHS)
     assert "model/block" not in run.data.params  # the config is logged once, under dotted keys
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"config.yaml", "checkpoints"} <= artifacts
