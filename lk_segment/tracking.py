@@ -34,8 +34,39 @@ def tracking_uri() -> str:
 
 
 def redact(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host``: URIs may carry credentials."""
-    return re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1***@", str(text))
+    """``scheme://user:password@host`` -> ``scheme://***@host``: URIs may carry credentials (also once a
+    path has collapsed the slashes: ``scheme:/user:password@host``)."""
+    return re.sub(r"([a-zA-Z][\w+.-]*:/+)[^/@\s]+@", r"\1***@", str(text))
+
+
+def public_config(cfg) -> dict:
+    """The resolved config as a run may share it: its params, its ``config.yaml`` and the checkpoints'
+    hyper-parameters are all made from this one.
+
+    Credentials in URIs are masked (``redact``), and a value read from the environment
+    (``${oc.env:NAME}``, or any value built from one) is kept as its expression, not resolved: the
+    environment is where secrets live.
+    """
+    from omegaconf import OmegaConf
+
+    def keep_env_expressions(node):
+        if isinstance(node, dict):
+            return {k: keep_env_expressions(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [keep_env_expressions(v) for v in node]
+        if isinstance(node, str) and "${oc.env:" in node:
+            return node.replace("${", "\\${")  # escaped: resolves to the expression's own text
+        return node
+
+    def redact_all(node):
+        if isinstance(node, dict):
+            return {k: redact_all(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [redact_all(v) for v in node]
+        return redact(node) if isinstance(node, str) else node
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return redact_all(OmegaConf.to_container(OmegaConf.create(keep_env_expressions(raw)), resolve=True))
 
 
 def prepare_store(experiment: str) -> None:
