@@ -58,9 +58,9 @@ def allowed_hosts(host: str, port: int, given: str | None = None, insecure: bool
 def auth_environment() -> dict[str, str]:
     """The environment of ``mlflow server --app-name basic-auth``: its config file, its secret key."""
     AUTH_CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    if not AUTH_DB.exists() and not os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        raise UserError("AUTH=1 starts here for the first time: set MLFLOW_AUTH_ADMIN_PASSWORD to the password of "
-                        "its admin user (created now; the variable is not needed afterwards)")
+    if not AUTH_DB.exists() and len(os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")) < 12:
+        raise UserError("AUTH=1 starts here for the first time: set MLFLOW_AUTH_ADMIN_PASSWORD to the password (12 "
+                        "characters or more) of its admin user, created now (the variable is not needed afterwards)")
     AUTH_CONFIG.write_text(
         "[mlflow]\n"
         "# READ: a signed-in user reads every experiment, and manages those it creates; the admin grants more\n"

@@ -167,7 +167,7 @@ def _check_served_artifacts(experiment: str) -> None:
                         "experiment (experiment=<name>), created through the server (make server)")
 
 
-def _check_server(uri: str, timeout_s: float = 5.0) -> None:
+def _check_server(uri: str, timeout_s: float = 30.0) -> None:
     """One API call with a timeout (MLflow itself retries an unreachable server for minutes), with the
     credentials MLflow's client would send: a refusal says what it needs, not "unreachable"."""
     import base64
