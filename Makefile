@@ -49,6 +49,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: VARIANT=$(VARIANT) ARGS=\"key=value ...\" RUN=<run id> CKPT=<path> INPUT=<dir> OUT=<dir> PORT=$(PORT)"
+	@echo "  make ui/server: HOST=$(HOST) AUTH=1 (basic auth) INSECURE=1 (no auth beyond loopback) ALLOWED_HOSTS=<name,...>"
 
 # torch first, with an exact pin: this machine holds its CPU wheel, a GPU machine gets the
 # CUDA build of the same version; the project's own range (torch>=2.4) is then already satisfied.
