@@ -255,7 +255,8 @@ class CarvanaDataModule(L.LightningDataModule):
         sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else validation_sampler(dataset)
         return DataLoader(dataset.as_uint8(), batch_size=batch, sampler=sampler, drop_last=drop_last,
                           num_workers=workers, persistent_workers=workers > 0, pin_memory=on_cuda,
-                          worker_init_fn=WorkerInit(dataset.rank) if workers > 0 else None)
+                          worker_init_fn=WorkerInit(trainer.global_rank if trainer is not None else 0)
+                          if workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
