@@ -17,6 +17,12 @@ VARIANT ?= 3x3
 ARGS ?=
 PORT ?= 5000
 HOST ?= 127.0.0.1
+# make ui/server beyond loopback: AUTH=1 (MLflow's basic-auth app; MLFLOW_AUTH_ADMIN_PASSWORD on the first
+# start) or INSECURE=1 (a trusted network); ALLOWED_HOSTS: the Host headers it answers (default: this machine's)
+AUTH ?=
+INSECURE ?=
+ALLOWED_HOSTS ?=
+SERVER_FLAGS = $(if $(AUTH),--auth) $(if $(INSECURE),--insecure) $(if $(ALLOWED_HOSTS),--allowed-hosts "$(ALLOWED_HOSTS)")
 RUN ?=
 MODEL ?=
 NAME ?= lk-segment
@@ -46,6 +52,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: VARIANT=$(VARIANT) ARGS=\"key=value ...\" RUN=<run id> CKPT=<path> INPUT=<dir> OUT=<dir> PORT=$(PORT)"
+	@echo "  make ui/server: HOST=$(HOST) AUTH=1 (basic auth) INSECURE=1 (no auth beyond loopback) ALLOWED_HOSTS=<name,...>"
 
 # torch first, with an exact pin: this machine holds its CPU wheel, a GPU machine gets the
 # CUDA build of the same version; the project's own range (torch>=2.4) is then already satisfied.
@@ -103,11 +110,11 @@ register: $(STAMP) ## register a run's MLflow model: make register RUN=<id> [NAM
 	@test -n "$(RUN)" || { echo "make register needs RUN=<run id>"; exit 2; }
 	$(BIN)/lk-segment register --run $(RUN) --name "$(NAME)" --alias "$(ALIAS)"
 
-ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=)
-	$(BIN)/lk-segment ui --host $(HOST) --port $(PORT)
+ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=, AUTH=1)
+	$(BIN)/lk-segment ui --host $(HOST) --port $(PORT) $(SERVER_FLAGS)
 
-server: $(STAMP) ## MLflow tracking server for several machines: MLFLOW_TRACKING_URI=http://<host>:$(PORT) on each (HOST=0.0.0.0)
-	$(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT)
+server: $(STAMP) ## MLflow tracking server for several machines: make server HOST=0.0.0.0 AUTH=1 [ALLOWED_HOSTS=name,...]
+	$(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT) $(SERVER_FLAGS)
 
 variants: $(STAMP) ## the kernel variants: params, GFLOPs, theoretical receptive field
 	$(BIN)/lk-segment variants

@@ -70,13 +70,18 @@ def _register(args) -> None:
 
 
 def _ui(args) -> None:
-    """Print the page to open, then become ``mlflow server`` over the project's store."""
-    from lk_segment.tracking import experiment_urls, has_runs, tracking_uri
+    """Print the page to open, then become ``mlflow server`` over the project's store (see ``server.py``)."""
+    from lk_segment.server import allowed_hosts, auth_environment, check_exposure
+    from lk_segment.tracking import experiment_urls, has_runs, redact, tracking_uri
 
+    check_exposure(args.host, args.auth, args.insecure)
     uri = tracking_uri()
     if not uri.startswith("sqlite:"):
-        raise UserError(f"make ui/server serve the project's SQLite store; MLFLOW_TRACKING_URI is {uri!r}: "
+        raise UserError(f"make ui/server serve the project's SQLite store; MLFLOW_TRACKING_URI is {redact(uri)!r}: "
                         "unset it, or open that store's own UI")
+    hosts = allowed_hosts(args.host, args.port, args.allowed_hosts, args.insecure)
+    if args.auth:
+        os.environ.update(auth_environment())  # the server inherits it
     os.makedirs("mlruns/artifacts", exist_ok=True)
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     base = f"http://{shown}:{args.port}"
@@ -85,7 +90,7 @@ def _ui(args) -> None:
     if first is None or not has_runs(first):
         print(f"lk-segment: open {base}", flush=True)
         print("  the store holds no training run yet: `make train` logs one (MLFLOW_TRACKING_URI: "
-              f"{uri})", flush=True)
+              f"{redact(uri)})", flush=True)
     else:
         print(f"lk-segment: open {urls[first]}", flush=True)
         print(f"  the training runs of experiment {first!r} with their Dice, best val/dice_full_best first "
@@ -93,12 +98,15 @@ def _ui(args) -> None:
     for name, url in urls.items():
         if name != first:
             print(f"  experiment {name!r}: {url}", flush=True)
+    if args.auth:
+        print("  sign in as a user of mlruns/basic_auth.db (admin: created on the first start); clients set "
+              "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
+           "--port", str(args.port), "--allowed-hosts", hosts]
+    if args.auth:
+        cmd += ["--app-name", "basic-auth"]
     if args.server:  # artifacts go through the server: other machines need no access to this disk
         cmd += ["--artifacts-destination", "./mlruns/artifacts"]
-        if args.host not in ("127.0.0.1", "localhost"):
-            cmd += ["--allowed-hosts", f"{args.allowed_hosts or '*'}"]
     else:
         cmd += ["--default-artifact-root", "./mlruns/artifacts"]
     os.execv(sys.executable, cmd)
@@ -268,7 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "run started last)")
     p.add_argument("--server", action="store_true", help="a tracking server for several machines: artifacts are "
                    "uploaded through it (--artifacts-destination)")
-    p.add_argument("--allowed-hosts", help="with --server on another --host: Host headers to accept (default *)")
+    p.add_argument("--allowed-hosts", help="Host headers to answer, comma-separated (default: this machine's names "
+                   "and addresses; '*' only with --insecure)")
+    p.add_argument("--auth", action="store_true", help="MLflow's basic-auth app: users and passwords (the admin's "
+                   "from MLFLOW_AUTH_ADMIN_PASSWORD on the first start); needed beyond loopback")
+    p.add_argument("--insecure", action="store_true", help="listen beyond loopback without --auth (a trusted network)")
     p.set_defaults(func=_ui)
 
     p = sub.add_parser("config", help="print the resolved config")

@@ -20,6 +20,7 @@ import warnings
 import lightning as L
 
 from lk_segment.data.carvana import Sample
+from lk_segment.tracking import redact
 
 
 class SystemMetrics(L.Callback):
@@ -75,7 +76,7 @@ def _dataset(samples: list[Sample], root: str, name: str):
     })
     with warnings.catch_warnings():  # MLflow's hints about schema inference and local sources: noise here
         warnings.simplefilter("ignore")
-        return mlflow.data.from_pandas(frame, source=root, name=name, digest=split_digest(samples))
+        return mlflow.data.from_pandas(frame, source=redact(root), name=name, digest=split_digest(samples))
 
 
 def log_datasets(client, run_id: str, root: str, train: list[Sample], val: list[Sample]) -> None:

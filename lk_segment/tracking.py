@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,8 +33,39 @@ def tracking_uri() -> str:
 
 
 def redact(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://***@host``: URIs may carry credentials."""
-    return re.sub(r"([a-zA-Z][\w+.-]*://)[^/@\s]+@", r"\1***@", str(text))
+    """``scheme://user:password@host`` -> ``scheme://***@host``: URIs may carry credentials (also once a
+    path has collapsed the slashes: ``scheme:/user:password@host``)."""
+    return re.sub(r"([a-zA-Z][\w+.-]*:/+)[^/@\s]+@", r"\1***@", str(text))
+
+
+def public_config(cfg) -> dict:
+    """The resolved config as a run may share it: its params, its ``config.yaml`` and the checkpoints'
+    hyper-parameters are all made from this one.
+
+    Credentials in URIs are masked (``redact``), and a value read from the environment
+    (``${oc.env:NAME}``, or any value built from one) is kept as its expression, not resolved: the
+    environment is where secrets live.
+    """
+    from omegaconf import OmegaConf
+
+    def keep_env_expressions(node):
+        if isinstance(node, dict):
+            return {k: keep_env_expressions(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [keep_env_expressions(v) for v in node]
+        if isinstance(node, str) and "${oc.env:" in node:
+            return node.replace("${", "\\${")  # escaped: resolves to the expression's own text
+        return node
+
+    def redact_all(node):
+        if isinstance(node, dict):
+            return {k: redact_all(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [redact_all(v) for v in node]
+        return redact(node) if isinstance(node, str) else node
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    return redact_all(OmegaConf.to_container(OmegaConf.create(keep_env_expressions(raw)), resolve=True))
 
 
 def prepare_store(experiment: str) -> None:
@@ -148,16 +178,50 @@ def _check_served_artifacts(experiment: str) -> None:
                         "experiment (experiment=<name>), created through the server (make server)")
 
 
-def _check_server(uri: str, timeout_s: float = 5.0) -> None:
-    """A TCP connect with a timeout: MLflow itself retries an unreachable server for minutes."""
+def _check_server(uri: str, timeout_s: float = 30.0) -> None:
+    """One API call with a timeout (MLflow itself retries an unreachable server for minutes), with the
+    credentials MLflow's client would send: a refusal says what it needs, not "unreachable"."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
     parts = urlsplit(uri)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if parts.username and not user:  # http://user:password@host
+        user, password = parts.username, parts.password or ""
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    url = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    headers = {}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+    elif user:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+    context = None
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+        if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    where = redact(uri)
     try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot reach the MLflow tracking server {redact(uri)} ({exc.strerror or exc}): start it "
-                        "(e.g. make ui) or set MLFLOW_TRACKING_URI to a reachable store") from exc
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s,
+                                    context=context):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            said = "were refused" if headers else "are needed"
+            raise UserError(f"the MLflow tracking server {where} answered 401: credentials {said}; set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a user of its make server "
+                            "AUTH=1)") from exc
+        if exc.code == 403:
+            raise UserError(f"the MLflow tracking server {where} answered 403: user {user!r} may not read "
+                            "experiments there; ask its admin for a permission") from exc
+        raise UserError(f"the MLflow tracking server {where} answered {exc.code} to an API call: is it an MLflow "
+                        "server (make server), and MLFLOW_TRACKING_URI its address?") from exc
+    except (OSError, ValueError) as exc:  # URLError, a timeout, a refused connection, a bad address
+        reason = getattr(exc, "reason", None) or exc
+        raise UserError(f"cannot reach the MLflow tracking server {where} ({reason}): start it "
+                        "(e.g. make server) or set MLFLOW_TRACKING_URI to a reachable store") from exc
 
 
 def artifact_location() -> str | None:

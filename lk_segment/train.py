@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from lk_segment.analysis.flops import count_gflops
 from lk_segment.callbacks import PerfMonitor
 from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
-from lk_segment.config import flatten, to_container, training_size
-from lk_segment.data.module import CarvanaDataModule
+from lk_segment.config import flatten, training_size
+from lk_segment.data.module import AugmentationEpoch, CarvanaDataModule
 from lk_segment.device import check_accelerator, check_strategy, device_name, resolve_precision
 from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
@@ -37,7 +37,7 @@ from lk_segment.tracking import (
     artifact_location,
     mark_training_experiment,
     prepare_store,
-    redact,
+    public_config,
     tracking_uri,
 )
 
@@ -58,14 +58,21 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     cfg = OmegaConf.merge(cfg, {"trainer": {"precision": resolve_precision(cfg.trainer.precision,
                                                                           cfg.trainer.accelerator)}})
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    config = to_container(cfg)
+    # what the run shares (params, config.yaml, the checkpoints' hyper-parameters): no credentials
+    config = public_config(cfg)
     system = SegmentationSystem(model=config["model"], optim=config["optim"], data=config["data"])
     system.configure_speed(channels_last=cfg.trainer.channels_last, compile=cfg.trainer.compile)
     datamodule = CarvanaDataModule(cfg.data, size_multiple=system.model.size_multiple,
                                    progress=cfg.trainer.enable_progress_bar, seed=cfg.seed)
     _check_training_size(cfg, system.model.size_multiple)
     full_res = FullResEval(cfg.trainer.full_res_eval_every, progress=cfg.trainer.enable_progress_bar)
-    # Bad input stops here, before a run is created or touched: the store, the run to resume, the data.
+    # Bad input stops here, before a run is created or touched: the store, the run to resume, the data,
+    # what the MLflow model will need.
+    model_requirements = None
+    if cfg.tracking.log_model:
+        from lk_segment.serving import requirements
+
+        model_requirements = requirements()
     prepare_store(cfg.experiment)
     resume_run_id, resume_ckpt = resume_point(cfg) if cfg.resume else (None, None)
     if rank_zero_only.rank == 0:
@@ -84,7 +91,8 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     # refreshes it only in the epochs that also write a best-*.ckpt).
     last = ModelCheckpoint(filename="last", save_top_k=1)  # no monitor: keeps the latest
     resumed = resume_run_id is not None
-    records = [LearningRateMonitor(logging_interval="step"),  # train/lr, every step
+    records = [AugmentationEpoch(),  # the augmentation's draws follow the epoch (see data.module)
+               LearningRateMonitor(logging_interval="step"),  # train/lr, every step
                SystemMetrics(cfg.tracking.system_metrics_interval_s, resume=resumed), DataLineage(resume=resumed)]
     trainer = build_trainer(cfg.trainer, callbacks=[checkpoint, last, PerfMonitor(), full_res, *records, *callbacks],
                             logger=logger, default_root_dir=cfg.checkpoint_dir,
@@ -100,7 +108,6 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
                    # per image at the training size; the side of the square one output pixel can see
                    "model/gflops": float(f"{count_gflops(system.model, (height, width)):.4g}"),
                    "model/receptive_field_px": system.model.receptive_field_px()})
-    params = {k: redact(v) if isinstance(v, str) else v for k, v in params.items()}  # no credentials
     params["data/skipped_files"] = len(datamodule.skipped)
     params["trainer.device_name"] = device_name(trainer.strategy.root_device)  # what it really trained on
     params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
@@ -109,7 +116,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
             mark_training_experiment(logger.experiment, logger.experiment_id)
         if resume_run_id is None:
             logger.log_hyperparams(params)
-            _log_config_artifact(logger, cfg)
+            _log_config_artifact(logger, config)
         else:
             logger.experiment.update_run(run_id, status="RUNNING")
         _report_skipped(logger, datamodule.skipped)
@@ -126,7 +133,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     if trainer.is_global_zero and cfg.tracking.log_model and os.path.isfile(checkpoint.best_model_path):
         from lk_segment.serving import log_model
 
-        log_model(run_id, checkpoint.best_model_path, tracking_uri())  # runs:/<run id>/model
+        log_model(run_id, checkpoint.best_model_path, tracking_uri(), model_requirements)  # runs:/<run id>/model
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(full_res.metrics)  # val/dice_full_best: scored after the last logged step
     return {
@@ -181,10 +188,11 @@ def build_trainer(t: DictConfig, **kwargs) -> L.Trainer:
         raise UserError(f"trainer.accelerator/devices/num_nodes/strategy/precision: {first}") from exc
 
 
-def _log_config_artifact(logger: MLFlowLogger, cfg: DictConfig) -> None:
+def _log_config_artifact(logger: MLFlowLogger, config: dict) -> None:
+    """``config.yaml``: the run's ``public_config``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "config.yaml")
-        OmegaConf.save(cfg, path, resolve=True)
+        OmegaConf.save(OmegaConf.create(config), path)
         logger.experiment.log_artifact(logger.run_id, path)
 
 

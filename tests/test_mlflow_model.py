@@ -56,7 +56,7 @@ def test_every_run_logs_its_model_with_a_signature(logged):
     from mlflow.models import get_model_info
 
     info = get_model_info(f"runs:/{result['run_id']}/model")
-    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, -1, -1, 3]
+    assert info.signature.inputs is None  # the model checks its input itself (serving.check_photos)
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     assert MlflowClient(uri).get_run(result["run_id"]).info.status == "FINISHED"
 

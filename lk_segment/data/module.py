@@ -8,10 +8,12 @@ import shutil
 import socket
 from pathlib import Path
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
 from lk_segment.config import DataConfig, training_size
 from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, split_by_car
@@ -44,14 +46,42 @@ def default_root(cars: int) -> Path:
     return root
 
 
-def train_augmentation() -> A.Compose:
-    """Flips, small shift-scale-rotate, colour: a car stays a car, its mask moves with it."""
+def train_augmentation(seed: int = 0) -> A.Compose:
+    """Flips, small shift-scale-rotate, colour: a car stays a car, its mask moves with it.
+
+    albumentations 2 draws from the Compose's own generators, never from the global seeds: the
+    dataset reseeds them for each epoch and loader worker (``augmentation_seed``)."""
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-10, 10),
                  border_mode=0, p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
-    ])
+    ], seed=seed)
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
+    """The augmentation's seed for one (training seed, epoch, rank, loader worker): workers (and ranks)
+    draw differently, a run is reproducible from its seed, and an epoch's draws depend on no epoch before
+    it, so a run resumed at epoch k draws what an uninterrupted one drew there."""
+    return int(np.random.SeedSequence([seed, epoch, rank, worker]).generate_state(1)[0])
+
+
+class WorkerInit:
+    """A DataLoader worker's start: OpenCV single-threaded (each of N workers would otherwise start a
+    pool of one thread per core), Lightning's own worker seeding (numpy, random, torch; what
+    ``seed_everything(workers=True)`` would have added), then the dataset's augmentation reseeded
+    for this worker (``CarvanaDataset.reseed``)."""
+
+    def __init__(self, rank: int = 0):
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        cv2.setNumThreads(1)
+        if int(os.environ.get("PL_SEED_WORKERS", 0)):
+            pl_worker_init_function(worker_id, rank=self.rank)
+        dataset = get_worker_info().dataset
+        if isinstance(dataset, CarvanaDataset):
+            dataset.reseed(worker_id)
 
 
 class CarvanaDataset(Dataset):
@@ -62,13 +92,30 @@ class CarvanaDataset(Dataset):
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, indices: list[int], transform=None,
-                 normalized: bool = True):
+                 normalized: bool = True, seed: int = 0, rank: int = 0):
         self.images, self.masks, self.indices, self.transform = images, masks, indices, transform
         self.normalized = normalized
+        self.seed, self.rank = seed, rank  # of the augmentation's draws (augmentation_seed)
+        # the epoch, set in the main process (set_epoch) and read by the loader's workers, persistent ones too
+        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._seeded_for: tuple[int, int] | None = None  # (epoch, worker) of the transform's current seed
 
     def as_uint8(self) -> CarvanaDataset:
-        """The same items as the loaders send them (uint8)."""
-        return CarvanaDataset(self.images, self.masks, self.indices, self.transform, normalized=False)
+        """The same items as the loaders send them (uint8), sharing this dataset's epoch."""
+        copy = CarvanaDataset(self.images, self.masks, self.indices, self.transform, normalized=False,
+                              seed=self.seed, rank=self.rank)
+        copy.epoch = self.epoch
+        return copy
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch[0] = epoch
+
+    def reseed(self, worker: int = 0) -> None:
+        """Seed the augmentation for the current epoch and this loader worker (0 without workers), once."""
+        key = (int(self.epoch[0]), worker)
+        if self.transform is not None and self._seeded_for != key:
+            self.transform.set_random_seed(augmentation_seed(self.seed, key[0], self.rank, worker))
+            self._seeded_for = key
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -77,6 +124,8 @@ class CarvanaDataset(Dataset):
         j = self.indices[i]
         image, mask = np.asarray(self.images[j]), np.asarray(self.masks[j])
         if self.transform is not None:
+            worker = get_worker_info()
+            self.reseed(worker.id if worker is not None else 0)  # a new epoch: new draws
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         image = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # (H, W, 3) -> (3, H, W) uint8
@@ -121,12 +170,21 @@ def default_num_workers(on_cuda: bool, devices_per_node: int = 1) -> int:
     return max(1, min(MAX_WORKERS_PER_DEVICE, cores // max(1, devices_per_node) - 1))
 
 
+class AugmentationEpoch(L.Callback):
+    """Tells the training set the epoch before its loader starts it: the augmentation's draws follow it."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if isinstance(dm, CarvanaDataModule) and dm.train_set is not None:
+            dm.train_set.set_epoch(trainer.current_epoch)
+
+
 class CarvanaDataModule(L.LightningDataModule):
     def __init__(self, cfg: DataConfig, size_multiple: int = 32, progress: bool = True, seed: int = 0):
         super().__init__()
         if cfg.on_bad_file not in ("error", "skip"):
             raise UserError(f"data.on_bad_file={cfg.on_bad_file!r}: choose error or skip")
-        self.seed = seed  # of the per-epoch shuffle
+        self.seed = seed  # of the per-epoch shuffle and of the augmentation's draws
         self.skipped: list[BadFile] = []  # bad files left out (data.on_bad_file=skip)
         if cfg.augment_on not in ("cpu", "gpu"):
             raise UserError(f"data.augment_on={cfg.augment_on!r}: choose cpu (in the loader) or gpu (on the device)")
@@ -181,8 +239,10 @@ class CarvanaDataModule(L.LightningDataModule):
         self.train_samples, self.val_samples = train, val  # what the run logs as its dataset inputs
         self.train_cars = sorted({s.car for s in train})
         self.val_cars = sorted({s.car for s in val})
-        aug = train_augmentation() if self.cfg.augment and self.cfg.augment_on == "cpu" else None  # gpu: system
-        self.train_set = CarvanaDataset(images, masks, [index[s] for s in train], aug)
+        augment = self.cfg.augment and self.cfg.augment_on == "cpu"  # gpu: the system augments
+        aug = train_augmentation(self.seed) if augment else None
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        self.train_set = CarvanaDataset(images, masks, [index[s] for s in train], aug, seed=self.seed, rank=rank)
         self.val_set = CarvanaDataset(images, masks, [index[s] for s in val])
 
     def _loader(self, dataset: CarvanaDataset, shuffle: bool) -> DataLoader:
@@ -200,7 +260,9 @@ class CarvanaDataModule(L.LightningDataModule):
         # validation under DDP: each rank its own images, none repeated to pad (see distributed.py)
         sampler = EpochShuffleSampler(dataset, self.seed) if shuffle else validation_sampler(dataset)
         return DataLoader(dataset.as_uint8(), batch_size=batch, sampler=sampler, drop_last=drop_last,
-                          num_workers=workers, persistent_workers=workers > 0, pin_memory=on_cuda)
+                          num_workers=workers, persistent_workers=workers > 0, pin_memory=on_cuda,
+                          worker_init_fn=WorkerInit(trainer.global_rank if trainer is not None else 0)
+                          if workers > 0 else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
