@@ -84,9 +84,16 @@ class SegmentationSystem(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def on_fit_start(self) -> None:
-        if self.batch_augment is not None:  # each DDP rank draws its own augmentations: seed + global rank
-            self.batch_augment.reseed(torch.initial_seed() + self.global_rank)
+    def on_train_epoch_start(self) -> None:
+        self.reseed_augmentation(self.current_epoch, self.global_rank)
+
+    def reseed_augmentation(self, epoch: int, rank: int) -> None:
+        """data.augment_on=gpu: the epoch's draws from (the run's seed, epoch, global rank) alone, as the CPU
+        path's: ranks draw differently, and a run resumed at epoch k draws what an uninterrupted one drew."""
+        if self.batch_augment is not None:
+            from lk_segment.data.module import augmentation_seed
+
+            self.batch_augment.reseed(augmentation_seed(torch.initial_seed(), epoch, rank, 0))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The loader's batch, now on the device: uint8 (B, 3, H, W) images and (B, 1, H, W) 0/1 masks

@@ -140,3 +140,23 @@ def test_the_augmentation_is_no_part_of_the_system(tiny_cfg):
     system.to(torch.float64)  # a move of the system's tensors: the augmentation's stay as they are
     assert system.batch_augment.generator.device.type == "cpu"
     assert system.batch_augment.pipeline[1].dtype == torch.float32  # kornia's samplers: not moved either
+
+
+def test_the_device_draws_of_an_epoch_follow_the_seed_epoch_and_rank_alone():
+    """A run resumed at epoch k draws what an uninterrupted one drew there: each epoch reseeds from (the run's
+    seed, epoch, rank), never from the draws before it."""
+    from lk_segment.system import SegmentationSystem
+
+    def draws(epoch: int, rank: int = 0, before: int = 0) -> torch.Tensor:
+        torch.manual_seed(7)  # the run's seed (seed_everything)
+        system = SegmentationSystem(model={"block": "3x3", "width": 4, "depth": 2}, optim={},
+                                    data={"augment": True, "augment_on": "gpu"})
+        images, masks = batch()
+        for _ in range(before):  # an uninterrupted run has drawn other epochs first
+            system.batch_augment(images, masks)
+        system.reseed_augmentation(epoch, rank)
+        return system.batch_augment(images, masks)[0]
+
+    assert torch.equal(draws(3), draws(3, before=2))
+    assert not torch.equal(draws(3), draws(2))
+    assert not torch.equal(draws(3), draws(3, rank=1))
