@@ -39,7 +39,7 @@ def datamodule(tiny_cfg):
 
 def fake_trainer(device: str, devices: int = 1) -> SimpleNamespace:
     return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), num_devices=devices,
-                           world_size=devices)
+                           world_size=devices, global_rank=0)
 
 
 @pytest.mark.parametrize("augment", ["false", "true"])
