@@ -89,7 +89,7 @@ train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_e
 compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the report: make compare VARIANTS="3x3 5x5" SEEDS=3 ARGS="..."
 	$(BIN)/lk-segment compare --experiment $(EXPERIMENT) --variants $(VARIANTS) --seeds $(SEEDS) $(ARGS)
 
-study: $(STAMP) ## the study of configs/study/$(STUDY).yaml: every variant x fold, report with intervals (resumes): make study STUDY=cpu-sample
+study: $(STAMP) ## the study of configs/study/<STUDY>.yaml (or STUDY=<file.yaml>): every variant x fold, report with intervals (resumes): make study STUDY=cpu-sample
 	$(BIN)/lk-segment study $(STUDY) $(if $(STUDY_OUT),--out "$(STUDY_OUT)") $(if $(STUDY_MD),--markdown "$(STUDY_MD)") $(ARGS)
 
 report: $(STAMP) ## results table, plots, conclusions of a comparison from MLflow alone: make report EXPERIMENT=compare

@@ -281,13 +281,17 @@ def stop_ui(proc: subprocess.Popen) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def repo_copy(tmp_path) -> Path:
-    """A copy of the repository's tracked files with its .venv linked in: a test runs a README command
+def copy_repository(copy: Path) -> Path:
+    """Copy the repository's tracked files to ``copy`` and link its .venv in: a test runs a README command
     there exactly as a user types it (``make ...`` from the root, relative defaults), isolated from the
-    real checkout. Timestamps are kept, so make finds the environment installed."""
+    real checkout. Timestamps are kept, so make finds the environment installed; where it is older than
+    pyproject.toml, make in the copy would reinstall the project from the copy into the shared .venv, so the
+    test stops first."""
+    stamp = REPO / ".venv" / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (REPO / "pyproject.toml").stat().st_mtime:
+        pytest.fail(".venv is not installed or older than pyproject.toml: run `make install` first (a make in a "
+                    "copy of the repository would install the copy into it)")
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    copy = tmp_path / "repo"
     for name in filter(None, files.decode().split("\0")):
         src = REPO / name
         if src.is_file():
@@ -295,3 +299,9 @@ def repo_copy(tmp_path) -> Path:
             shutil.copy2(src, copy / name)
     (copy / ".venv").symlink_to(REPO / ".venv")
     return copy
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """A copy of the repository for one test (``copy_repository``)."""
+    return copy_repository(tmp_path / "repo")
