@@ -134,12 +134,20 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
         ratio = steps[cheapest] / steps[study.reference] if study.reference in steps else math.nan
         parts.append(f"Of the variants not worse than {study.reference}, the cheapest clean training step on this "
                      f"machine is {cheapest}'s ({steps[cheapest]:.0f} ms, x{ratio:.2f} of {study.reference}'s).")
-    not_flat = [v for v, r in found.items() if not st.flattened(r.curve_dice)]
-    if not_flat:
+    short = [v for v, r in found.items() if math.isnan(r.gain)]
+    climbing = [v for v, r in found.items() if not math.isnan(r.gain) and not st.flattened(r.curve_dice)]
+    if climbing:
         parts.append(f"Still climbing at the end of training (last-quarter gain >= {st.FLAT_GAIN}): "
-                     f"{', '.join(not_flat)}; their verdicts may change with longer training.")
-    else:
+                     f"{', '.join(climbing)}; their verdicts may change with longer training.")
+    if short:
+        parts.append(f"Too few epochs to tell whether training had flattened: {', '.join(short)}.")
+    if not climbing and not short:
         parts.append(f"Every variant's median val/dice curve had flattened (last-quarter gain < {st.FLAT_GAIN}).")
+    missing = [f"{v} ({len(r.runs)} of {study.folds} folds)" for v, r in found.items() if len(r.runs) < study.folds]
+    missing += [f"{v} (no fold)" for v in study.variants if v not in found]
+    if missing:
+        parts.append(f"Incomplete: {', '.join(missing)}; their photos are fewer, and `make study` again trains "
+                     "what is missing.")
     parts.append(f"The intervals are per comparison ({len(found) - 1} against one reference, no correction for "
                  "multiple comparisons) and cover the sampling of cars, not a change of training seed beyond the "
                  "one each fold used.")
@@ -212,22 +220,30 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
 
 
 def plot_time_to_accuracy(found: dict[str, VariantResult], machine: str | None, path: Path) -> Path:
+    """val/dice against training time, median over folds: the whole curves, and beside them the top of them
+    (from just below the lowest final value), where the variants part."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=90)
     cmap = plt.get_cmap("tab10")
     budget, _ = equal_time(found)
-    for i, (v, r) in enumerate(found.items()):
-        if not r.curve_times:
-            continue
-        ax.plot(np.array(r.curve_times) / 60, r.curve_dice, marker=".", color=cmap(i % 10), label=v)
-    if not math.isnan(budget):
-        ax.axvline(budget / 60, color="grey", ls="--", lw=1, label="equal time (fastest's total)")
-    ax.set_xlabel(f"cumulative training time (min){f', {machine}' if machine else ''}")
-    ax.set_ylabel("val/dice (median over folds)")
-    ax.set_ylim(bottom=max(0.5, min((min(r.curve_dice) for r in found.values() if r.curve_dice), default=0.5)))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    drawn = {v: r for v, r in found.items() if r.curve_times}
+    for ax in axes:
+        for i, (v, r) in enumerate(found.items()):
+            if v in drawn:
+                ax.plot(np.array(r.curve_times) / 60, r.curve_dice, marker=".", color=cmap(i % 10), label=v)
+        if not math.isnan(budget):
+            ax.axvline(budget / 60, color="grey", ls="--", lw=1, label="equal time (fastest's total)")
+        ax.set_xlabel(f"cumulative training time (min){f', {machine}' if machine else ''}", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("val/dice (median over folds)")
+    axes[0].set_title("whole training", fontsize=9)
+    finals = [r.curve_dice[-1] for r in drawn.values()]
+    if finals:
+        low = min(finals) - 0.01
+        axes[1].set_ylim(low, max(max(r.curve_dice) for r in drawn.values()) + 0.002)
+    axes[1].set_title("the top, where the variants part", fontsize=9)
+    axes[1].legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -255,6 +271,20 @@ def plot_differences(study, found: dict[str, VariantResult], path: Path) -> Path
     return path
 
 
+def regenerate_command(study, parent) -> str:
+    """The ``make study`` that trained the parent run: the overrides it was given beyond its file's as ARGS."""
+    from lk_segment.comparison.study import load_study
+
+    given = parent.data.params.get("study.overrides", "(none)")
+    given = [] if given == "(none)" else given.split()
+    try:
+        own = load_study(study.name).overrides
+    except Exception:  # noqa: BLE001 (a study file since removed or renamed: then every override is extra)
+        own = []
+    extra = given[len(own):] if given[: len(own)] == own else given
+    return f"make study STUDY={study.name}" + (f' ARGS="{" ".join(extra)}"' if extra else "")
+
+
 def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[str, float],
                    groups: dict[str, list[str]], machine: str | None, plots: dict[str, Path], markdown: Path) -> str:
     first = next(iter(found.values())).runs[0].params
@@ -266,12 +296,13 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         lines += [study.question, ""]
     lines += ["## The answer", "", answer(study, found, steps), "",
               "Regenerate (the trainings already finished are skipped; the report is rewritten from MLflow):", "",
-              "```bash", f"make study STUDY={study.name}", "```", "",
+              "```bash", regenerate_command(study, parent), "```", "",
               f"{len(all_runs)} trainings of {len(found)} variants, {study.folds}-fold cross-validation by car "
               f"(split seed {study.split_seed}; fold i seeds run i), training size {size}, "
               f"{first.get('trainer.max_epochs', '?')} epochs, batch {first.get('data.batch_size', '?')}, precision "
               f"{first.get('trainer.precision', '?')}; study overrides: "
-              f"`{' '.join(study.overrides) or '(none)'}`; MLflow parent run `{parent.info.run_id}`. The trainings "
+              f"`{parent.data.params.get('study.overrides', '(none)')}`; MLflow parent run `{parent.info.run_id}`. "
+              "The trainings "
               f"took {wall / 60:.0f} min of wall time in all (budget {study.budget_minutes:.0f} min).", ""]
     # accuracy
     header = ["variant", "photos (cars)", "mean full-res Dice", f"minus {study.reference} [{study.confidence:.0%} CI]",
