@@ -86,6 +86,20 @@ def test_a_worker_runs_opencv_on_one_thread_and_lightning_seeds_it():
     assert not torch.equal(first[:, 1], seen(rank=1)[:, 1])
 
 
+@pytest.mark.slow
+def test_workers_start_after_the_parent_ran_opencvs_thread_pool():
+    """A parent that has run OpenCV's thread pool (decoding, resizing) then forks loader workers: they
+    start and answer (cv2.setNumThreads in a forked worker used to wait forever for the pool's threads)."""
+    cv2.setNumThreads(2)
+    big = np.random.default_rng(0).integers(0, 256, (1280, 1918, 3), dtype=np.uint8)
+    for _ in range(3):
+        cv2.resize(big, (192, 128), interpolation=cv2.INTER_AREA)  # parallel_for_: the pool's threads run
+    dataset = ThreadsAndGlobalDraws(np.zeros((N, 1, 1, 3), np.uint8), np.zeros((N, 1, 1), np.uint8), list(range(N)))
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, worker_init_fn=WorkerInit(), timeout=120)
+    seen = torch.cat(list(loader))  # a hung worker raises after the timeout instead
+    assert len(seen) == N and set(seen[:, 0].tolist()) == {1}
+
+
 class FirstBatches(L.Callback):
     """The first training batch of each epoch, as the model saw it."""
 

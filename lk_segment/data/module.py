@@ -67,16 +67,22 @@ def augmentation_seed(seed: int, epoch: int, rank: int, worker: int) -> int:
 
 
 class WorkerInit:
-    """A DataLoader worker's start: OpenCV single-threaded (each of N workers would otherwise start a
-    pool of one thread per core), Lightning's own worker seeding (numpy, random, torch; what
+    """A DataLoader worker's start: Lightning's own worker seeding (numpy, random, torch; what
     ``seed_everything(workers=True)`` would have added), then the dataset's augmentation reseeded
-    for this worker (``CarvanaDataset.reseed``)."""
+    for this worker (``CarvanaDataset.reseed``).
+
+    OpenCV runs single-threaded in the workers (each of N workers would otherwise start a pool of one
+    thread per core), but that is set here, in the process that builds the loader, before the workers
+    fork: ``cv2.setNumThreads`` called in a forked worker whose parent had already run OpenCV's
+    thread pool waits forever for pool threads that did not survive the fork (the workers hung).
+    The parent's own OpenCV calls are then single-threaded too; its decoding runs in threads of its own.
+    """
 
     def __init__(self, rank: int = 0):
         self.rank = rank
+        cv2.setNumThreads(1)  # before the fork: the workers inherit it
 
     def __call__(self, worker_id: int) -> None:
-        cv2.setNumThreads(1)
         if int(os.environ.get("PL_SEED_WORKERS", 0)):
             pl_worker_init_function(worker_id, rank=self.rank)
         dataset = get_worker_info().dataset
