@@ -57,9 +57,9 @@ def test_make_register_adds_a_version_with_its_alias(comparison_copy, monkeypatc
     assert "models:/lk-test@staging" in capsys.readouterr().out
     version = store_client(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging")
     assert version.tags["run_id"] == run_id
-    assert version.version == "1"  # a new name starts at 1
+    assert str(version.version) == "1"  # a new name starts at 1
     assert main(["register", "--run", run_id, "--name", "lk-test", "--alias", "staging"]) == 0
-    assert store_client(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging").version == "2"
+    assert str(store_client(comparison_copy["uri"]).get_model_version_by_alias("lk-test", "staging").version) == "2"
 
 
 def test_a_run_without_a_model_cannot_be_registered(comparison_copy, monkeypatch):
