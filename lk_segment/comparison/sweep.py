@@ -111,12 +111,6 @@ class SweepProgress(L.Callback):
               f"about {format_seconds(left)} left", flush=True)
 
 
-def check_overrides(overrides: list[str] | tuple[str, ...], reserved: tuple[str, ...]) -> None:
-    for item in overrides:
-        if item.split("=", 1)[0] in reserved:
-            raise UserError(f"override {item!r} is set by the sweep itself")
-
-
 def run_sweep(jobs: list[Job], experiment: str, key: str, parent_name: str, parent_params: dict[str, str],
               workers: int | None = None, prefix: str = "compare", role: str = "comparison") -> SweepResult:
     """Train the jobs that have not FINISHED under the parent run of ``key`` (created if none)."""
