@@ -45,7 +45,6 @@ STUDY_OUT ?=
 STUDY_MD ?=
 TEST_ARGS ?=
 # The store: every target reads MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db (lk_segment/tracking.py)
-export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: help install train predict evaluate register ui server test test-fast lint variants readme-variants erf bench gpu-check clean
 

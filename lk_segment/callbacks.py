@@ -10,6 +10,8 @@ import lightning as L
 import psutil
 import torch
 
+from lk_segment.timing import Stopwatch
+
 # An epoch counts as having shared the machine when other processes used more than this share of
 # all its cores while it trained (a quiet machine's background stays near 0.01). Its times are then
 # not the model's: the study report leaves such runs out of its cost columns and says why.
@@ -91,26 +93,16 @@ class PerfMonitor(L.Callback):
         self.cuda = pl_module.device.type == "cuda"
         if self.cuda:
             torch.cuda.reset_peak_memory_stats(pl_module.device)
-            self.start_event = torch.cuda.Event(enable_timing=True)
-            self.end_event = torch.cuda.Event(enable_timing=True)
-            self.start_event.record()
-            self.end_event.record()  # an epoch without batches measures ~0
-        self.start = self.end = time.perf_counter()
+        self.watch = Stopwatch(pl_module.device)
+        self.watch.start()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.images += len(batch[0])
-        if self.cuda:
-            self.end_event.record()  # queued after this batch's kernels; read at the epoch's end
-        else:
-            self.end = time.perf_counter()
+        self.watch.stop()  # on CUDA an event queued after this batch's kernels, read at the epoch's end
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.cuda:
-            self.end_event.synchronize()  # the epoch's one wait for the GPU
-            seconds = self.start_event.elapsed_time(self.end_event) / 1000
-        else:
-            seconds = self.end - self.start
-        seconds = max(seconds, 1e-9)
+        intervals = self.watch.seconds()  # on CUDA the epoch's one wait for the GPU
+        seconds = max(intervals[-1] if intervals else 0.0, 1e-9)  # the last batch's end: the epoch's time
         share = self.share.stop()
         self.train_time_cum_s += seconds  # this rank's; logged as the max over ranks like the epoch's
         log = pl_module.log

@@ -11,9 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from lk_segment.errors import UserError  # noqa: E402
+from lk_segment.errors import UserError
 
 
 def _train(args) -> None:
@@ -200,11 +198,10 @@ def _bench(args) -> None:
     for key in ("height", "width", "batch_size", "steps", "pair_turns", "loader_images", "matmul_size", "copy_mb"):
         if options[key] is not None and options[key] < 1:
             raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {options[key]}")
-    if args.device == "cuda":
-        import torch
+    if args.device is not None:
+        from lk_segment.device import resolve_device
 
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: this machine has no CUDA device (use --device auto or cpu)")
+        resolve_device(args.device)  # cuda without a GPU stops here, before any measurement
     if any(k < 1 or k % 2 == 0 for k in args.dw_kernels or []):
         raise UserError(f"--dw-kernels must be odd and positive (size-keeping kernels), got {args.dw_kernels}")
     options.update(overrides=args.overrides, tf32=args.tf32, dw_shapes=args.dw_shapes and [

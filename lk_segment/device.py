@@ -27,6 +27,22 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The one reading of a ``--device``/``DEVICE=`` value: ``auto`` (or None) is the GPU when torch sees one,
+    else the CPU; ``cpu``, ``cuda``, ``cuda:N`` as named; ``cuda`` without CUDA, or any other name, is a
+    ``UserError``."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError(f"device {device!r}: choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but this torch sees no CUDA GPU "
+                        f"({torch_build()}): use auto or cpu")
+    return torch.device(device)
+
+
 def torch_build() -> str:
     """E.g. "torch 2.13.0+cpu, a CPU-only build": what to say when no GPU is seen."""
     build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"

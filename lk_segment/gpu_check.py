@@ -106,15 +106,18 @@ def make_data(root: Path, sizes: Sizes) -> dict:
 def loader_vs_model(root: Path, sizes: Sizes, device_type: str) -> dict:
     """Images/s the training loader delivers (cached, its default workers for the device) against
     images/s the 3x3 training step consumes (bf16 + channels_last), at the same size and batch."""
+    import torch
+
     from lk_segment.bench.config import BenchConfig, parse_setting
     from lk_segment.bench.loader import bench_loader
     from lk_segment.bench.run import random_batch
     from lk_segment.bench.steps import project_step
-    from lk_segment.bench.timing import pick_device
     from lk_segment.config import load_config, training_size
     from lk_segment.data.module import default_num_workers
+    from lk_segment.device import resolve_device
 
-    device = pick_device(device_type)
+    device = resolve_device(device_type)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     height, width = sizes.loader
     workers = default_num_workers(device.type == "cuda")
     cfg = load_config("3x3", [f"data.root={root}", *sizes.train_args])
@@ -147,7 +150,7 @@ class Check:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.device = "cuda" if mode == "gpu" else "cpu"
         self.steps: list[dict] = []
-        self.env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONUNBUFFERED": "1",
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1",
                     "MLFLOW_TRACKING_URI": f"sqlite:///{self.work.resolve()}/mlruns/mlflow.db",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 

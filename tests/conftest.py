@@ -37,10 +37,8 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from lk_segment.config import load_config  # noqa: E402
-from lk_segment.data.synthetic import generate  # noqa: E402
+from lk_segment.config import load_config
+from lk_segment.data.synthetic import generate
 
 TINY_CARS = 4  # 4 cars x 16 views = 64 images
 TINY_SIZE = (240, 160)  # width, height of the generated photos (1/8 of Carvana's)

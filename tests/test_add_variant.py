@@ -62,8 +62,7 @@ def project(tmp_path) -> Path:
 
 
 def _run(project: Path, *argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(project), "MLFLOW_TRACKING_URI": store_uri(project),
-           "NO_ALBUMENTATIONS_UPDATE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(project), "MLFLOW_TRACKING_URI": store_uri(project)}
     proc = subprocess.run([sys.executable, *argv], cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc

@@ -184,7 +184,7 @@ def test_augment_on_gpu_moves_augmentation_into_the_system(tiny_cfg):
     (["--dw-shapes", "8x16x1024"], "B x C x H x W"),
     (["--dw-kernels", "7", "8"], "odd"),
     (["--matmul-size", "0"], "--matmul-size"),
-    *([(["--device", "cuda"], "no CUDA device")] if not torch.cuda.is_available() else []),
+    *([(["--device", "cuda"], "no CUDA GPU")] if not torch.cuda.is_available() else []),
 ])
 def test_bad_bench_options_are_refused_in_one_line(capsys, argv, message):
     assert main(["bench", *argv]) == 2

@@ -157,7 +157,7 @@ def test_ddp_on_one_gpu_over_nccl(tiny_root, workdir):
         [sys.executable, "-m", "lk_segment", "train", "-v", "3x3", *tiny_overrides(tiny_root),
          "trainer.accelerator=gpu", "trainer.devices=1", "trainer.strategy=ddp"],
         capture_output=True, text=True, timeout=600, cwd=workdir,
-        env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",
+        env={**os.environ,
              "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "nccl" in (proc.stdout + proc.stderr).lower()  # Lightning names the backend it set up

@@ -58,7 +58,7 @@ def _overrides(root: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240) -> None:

@@ -109,7 +109,7 @@ def test_a_run_killed_on_one_machine_resumes_on_another_through_the_server(serve
     from tests.test_hardening import EPOCH_METRICS, STOPPING_TRAINING, _overrides, _wait_for
 
     url, _ = server
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "MLFLOW_TRACKING_URI": url,
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url,
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     overrides = _overrides(tiny_root, "trainer.max_epochs=2", "experiment=multi")
     first, second = tmp_path_factory.mktemp("machine_a"), tmp_path_factory.mktemp("machine_b")

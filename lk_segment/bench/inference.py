@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from lk_segment.bench.results import Fused, Inference
-from lk_segment.bench.timing import time_call, time_in_turns
+from lk_segment.timing import time_call, time_in_turns
 from lk_segment.config import to_container, training_size
 
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from lk_segment.bench.config import BenchConfig
 from lk_segment.bench.results import Loader, Step
-from lk_segment.bench.timing import Stopwatch
+from lk_segment.timing import Stopwatch
 
 BATCHES_PER_WORKER = 4  # timed, after each worker's first ones: a steady state, not one batch's latency
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from lk_segment.bench.config import setting_name
 from lk_segment.bench.results import Breakdown, Pair, VariantSteps
 from lk_segment.bench.steps import plain_step, project_model
-from lk_segment.bench.timing import time_in_turns
+from lk_segment.timing import time_in_turns
 
 CONV_OPS = ("aten::convolution", "aten::convolution_backward")  # every conv and transposed conv, fwd and bwd
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lk_segment.bench.results import Peaks
-from lk_segment.bench.timing import time_call
+from lk_segment.timing import time_call
 
 
 def warmup(repeats: int) -> int:

@@ -20,9 +20,9 @@ from lk_segment.bench.results import BenchResults, Env, Step, VariantSteps
 from lk_segment.bench.roofline import roofline_of
 from lk_segment.bench.settings import pick_fast, sweep_settings
 from lk_segment.bench.steps import project_step, reference_step, training_cost
-from lk_segment.bench.timing import float32_mode, pick_device
 from lk_segment.config import available_variants, load_config, training_size
-from lk_segment.device import device_name, resolve_precision
+from lk_segment.device import device_name, resolve_device, resolve_precision
+from lk_segment.timing import float32_mode
 
 
 def random_batch(batch: int, height: int, width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,8 +40,11 @@ def run_bench(bcfg: BenchConfig, log=print) -> BenchResults:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*val_dataloader.*")  # the bench fits without validation
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 against torch 2.13's pytree
+    device = resolve_device(bcfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels in the warm-up
     with float32_mode(bcfg.tf32):
-        return _run(bcfg, pick_device(bcfg.device), log)
+        return _run(bcfg, device, log)
 
 
 def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:

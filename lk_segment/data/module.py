@@ -22,8 +22,7 @@ from lk_segment.data.synthetic import generate
 from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # it checks for updates over the network
-import albumentations as A  # noqa: E402
+import albumentations as A
 
 SYNTHETIC_ROOT = Path("data/synthetic")
 _NORMALIZE = Normalize()

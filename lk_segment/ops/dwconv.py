@@ -83,7 +83,7 @@ _FUNCTIONS = {"native": native_depthwise_conv2d, "fft": fft_depthwise_conv2d}
 def time_dw_impls(x: torch.Tensor, weight: torch.Tensor, backward: bool = True, repeats: int = 5) -> dict[str, float]:
     """Median ms of one forward (+ backward) of each impl on fresh copies of x and weight, the
     impls taking turns, after one untimed call each (allocations, FFT plans, cuDNN's choice)."""
-    from lk_segment.bench.timing import time_in_turns
+    from lk_segment.timing import time_in_turns
 
     x = x.detach().clone().requires_grad_(backward)
     weight = weight.detach().clone().requires_grad_(backward)

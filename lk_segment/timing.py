@@ -1,5 +1,7 @@
-"""The one timing primitive of the bench, its peak-memory probe and the float32 switch.
+"""The project's one timing primitive, its peak-memory probe and the float32 switch.
 
+Below everything that times work: the bench (``lk_segment/bench``), the FFT-or-native choice of
+``lk_segment/ops`` and the per-epoch times of ``callbacks.PerfMonitor`` all use ``Stopwatch``.
 Every figure of the bench is a median of timed repeats after untimed warm-up repeats, read
 from the device's own clock: CUDA events on a GPU (recorded in the stream with the work, read
 once at the end, so timing adds no synchronisation between repeats), ``time.perf_counter``
@@ -23,17 +25,13 @@ import torch
 from lk_segment import malloc
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest kernels in the warm-up
-    return device
-
-
 class Stopwatch:
-    """Intervals between ``start()`` and ``stop()`` on the device's clock; ``seconds()`` reads them."""
+    """Intervals between ``start()`` and ``stop()`` on the device's clock; ``seconds()`` reads them.
+
+    On a GPU each mark is a CUDA event recorded in the stream with the work: the host never waits
+    for the GPU until ``seconds()``, which synchronises once. Each ``stop()`` closes an interval
+    from the last ``start()``: stopping after every batch of an epoch makes the last interval the
+    epoch's time so far."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"

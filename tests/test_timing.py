@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lk_segment.bench.timing import PeakMemory, Timing, float32_mode, time_in_turns
+from lk_segment.timing import PeakMemory, Timing, float32_mode, time_in_turns
 
 CPU = torch.device("cpu")
 
@@ -32,7 +32,7 @@ def test_timing_reports_the_median_of_its_repeats():
 PEAK_RESET = """
 import torch
 from lk_segment import malloc
-from lk_segment.bench.timing import PeakMemory, time_in_turns
+from lk_segment.timing import PeakMemory, time_in_turns
 
 if not malloc.tune_malloc():
     print("untuned")
