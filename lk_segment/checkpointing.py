@@ -21,6 +21,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
 from lk_segment.errors import UserError
+from lk_segment.system import SegmentationSystem
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -83,6 +84,44 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise UserError(f"checkpoint {str(path)!r} is not a Lightning checkpoint (no state_dict): "
                         "pass a .ckpt written by `lk-segment train`")
     return checkpoint
+
+
+def load_system(ckpt: str | Path, map_location: str = "cpu") -> SegmentationSystem:
+    """The trained system in eval mode, rebuilt from the checkpoint's own hyper-parameters."""
+    return system_from_checkpoint(ckpt, load_checkpoint(ckpt, map_location=map_location)).eval()
+
+
+def system_from_checkpoint(path: str | Path, checkpoint: dict) -> SegmentationSystem:
+    """A ``SegmentationSystem`` with the weights of ``checkpoint`` (already loaded from ``path``)."""
+    try:
+        system = SegmentationSystem(**checkpoint["hyper_parameters"])
+        system.load_state_dict(checkpoint["state_dict"])
+        system.on_load_checkpoint(checkpoint)
+    except Exception as exc:  # missing hyper-parameters, other keys or shapes: another model's file
+        raise UserError(describe_load_error(Path(path), exc)) from exc
+    return system
+
+
+def fuse_checkpoint(src: str | Path, dst: str | Path, deploy: bool = False) -> Path:
+    """Write ``dst``: the checkpoint ``src`` with its model re-parameterised (``replk``'s deploy-time form)
+    and ``model.fused`` set in its hyper-parameters, so it reloads into the fused architecture
+    (``load_system``) and predicts the same masks. With ``deploy``, only what prediction reads: the fused
+    weights, the model and the training size (no optimizer state, no data folders, no other keys);
+    else Lightning's other keys are kept as they were."""
+    checkpoint = load_checkpoint(src)  # a missing or unreadable file stops here with a UserError
+    system = system_from_checkpoint(src, checkpoint).eval()
+    system.model.reparameterize()
+    trained = checkpoint["hyper_parameters"]
+    model = {**trained["model"], "fused": True}
+    if deploy:
+        data = trained.get("data") or {}
+        checkpoint = {"hyper_parameters": {"model": model, "optim": {},
+                                           "data": {"height": data.get("height", 128), "width": data.get("width")}}}
+    else:
+        checkpoint["hyper_parameters"]["model"] = model
+    checkpoint["state_dict"] = system.state_dict()
+    atomic_torch_save(checkpoint, dst)
+    return Path(dst)
 
 
 def describe_load_error(path: Path, exc: BaseException) -> str:

@@ -20,10 +20,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from lk_segment.checkpointing import load_system
 from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
 from lk_segment.full_res import ImageScore, score_samples, summary, write_scores_csv
-from lk_segment.predict import Predictor, load_system, read_rgb
+from lk_segment.inference import Predictor, read_rgb
 
 WORST_SHOWN = 5
 TRUE_BGR, PREDICTED_BGR = (0, 200, 0), (255, 0, 255)  # green and magenta: apart for most colour vision

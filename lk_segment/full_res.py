@@ -24,7 +24,7 @@ import numpy as np
 
 from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
-from lk_segment.predict import Predictor, decoded_chunks, read_rgb
+from lk_segment.inference import Predictor, decoded_chunks, read_rgb
 
 CSV_ARTIFACT_DIR = "full_res"  # the run's per-image CSVs: full_res/epoch_<E>.csv, full_res/best.csv
 
@@ -161,8 +161,7 @@ class FullResEval(L.Callback):
 
     def _score_best(self, trainer: L.Trainer, pl_module: L.LightningModule, best: str) -> tuple[list, dict]:
         """On global rank 0: (the best checkpoint's scores, its scoring time as a metric when it was scored now)."""
-        from lk_segment.checkpointing import load_checkpoint
-        from lk_segment.predict import system_from_checkpoint
+        from lk_segment.checkpointing import load_checkpoint, system_from_checkpoint
 
         checkpoint = load_checkpoint(best)
         scores = self.scores.get(checkpoint["epoch"])

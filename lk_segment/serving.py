@@ -38,9 +38,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from lk_segment.checkpointing import load_checkpoint
+from lk_segment.checkpointing import fuse_checkpoint
 from lk_segment.errors import UserError
 
 MODEL_NAME = "model"  # runs:/<run id>/model
@@ -61,22 +60,13 @@ REQUIREMENTS = {
 def save_deploy_checkpoint(ckpt: str | Path, dst: str | Path) -> Path:
     """The fused model's weights and what prediction reads of the hyper-parameters (the model, the
     training size), as a checkpoint: no optimizer state, no data folders."""
-    from lk_segment.predict import system_from_checkpoint
-
-    checkpoint = load_checkpoint(ckpt)
-    system = system_from_checkpoint(ckpt, checkpoint).eval()
-    system.model.reparameterize()
-    trained = checkpoint["hyper_parameters"]
-    data = trained.get("data") or {}
-    hparams = {"model": {**trained["model"], "fused": True}, "optim": {},
-               "data": {"height": data.get("height", 128), "width": data.get("width")}}
-    torch.save({"state_dict": system.state_dict(), "hyper_parameters": hparams}, dst)
-    return Path(dst)
+    return fuse_checkpoint(ckpt, dst, deploy=True)
 
 
 def load_predictor(weights: str | Path, device: str = "auto"):
     """The ``Predictor`` of a checkpoint written by ``save_deploy_checkpoint``."""
-    from lk_segment.predict import Predictor, load_system
+    from lk_segment.checkpointing import load_system
+    from lk_segment.inference import Predictor
 
     return Predictor(load_system(weights), device=device)
 

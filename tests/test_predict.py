@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lk_segment.errors import UserError
 from lk_segment.device import resolve_device
-from lk_segment.predict import Predictor
+from lk_segment.errors import UserError
+from lk_segment.inference import Predictor
 from lk_segment.system import SegmentationSystem
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "warmup_fraction": 0.1}

@@ -21,7 +21,7 @@ import torch
 
 from lk_segment import serving
 from lk_segment.errors import UserError
-from lk_segment.predict import Predictor
+from lk_segment.inference import Predictor
 from lk_segment.system import SegmentationSystem
 from tests.conftest import free_port, store_uri
 

@@ -86,7 +86,8 @@ def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, 
 
 @pytest.mark.slow
 def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_root, monkeypatch):
-    from lk_segment.predict import Predictor, load_system
+    from lk_segment.checkpointing import load_system
+    from lk_segment.inference import Predictor
 
     result, work = trained
     use_working_folder(monkeypatch, work)

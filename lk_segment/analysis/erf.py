@@ -149,7 +149,7 @@ def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = 16, out_
     comparison's report draws every variant side by side, from MLflow alone). Both files are
     also kept under ``<out_dir>/<run_id>/``.
     """
-    from lk_segment.predict import load_system
+    from lk_segment.checkpointing import load_system
     from lk_segment.tracking import client, get_run
 
     run = get_run(run_id)

@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from lk_segment.bench.results import Fused, Inference
-from lk_segment.timing import time_call, time_in_turns
 from lk_segment.config import to_container, training_size
+from lk_segment.timing import time_call, time_in_turns
 
 
 def eval_system(cfg: DictConfig):
@@ -26,7 +26,7 @@ def eval_system(cfg: DictConfig):
 
 def predict_latency_ms(system, image: np.ndarray, repeats: int, device: torch.device) -> float:
     """One full-resolution image through ``make predict``'s Predictor (resize, model, upsample)."""
-    from lk_segment.predict import Predictor
+    from lk_segment.inference import Predictor
 
     predictor = Predictor(system, device=device.type)
     return time_call(functools.partial(predictor.predict, image), repeats, 1, device).median_ms

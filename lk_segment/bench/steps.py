@@ -16,8 +16,8 @@ from omegaconf import DictConfig
 from lk_segment.bench.config import autocast_dtype, setting_name
 from lk_segment.bench.results import Step
 from lk_segment.bench.roofline import StepCost, step_cost
-from lk_segment.timing import PeakMemory, Stopwatch, time_call
 from lk_segment.config import to_container
+from lk_segment.timing import PeakMemory, Stopwatch, time_call
 
 
 def project_step(cfg: DictConfig, setting: dict, images: torch.Tensor, masks: torch.Tensor, steps: int,

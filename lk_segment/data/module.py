@@ -8,6 +8,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import lightning as L
 import numpy as np
@@ -21,8 +22,6 @@ from lk_segment.data.normalize import Normalize
 from lk_segment.data.synthetic import generate
 from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
-
-import albumentations as A
 
 SYNTHETIC_ROOT = Path("data/synthetic")
 _NORMALIZE = Normalize()
