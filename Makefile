@@ -130,7 +130,7 @@ bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENC
 # NO_VENV=1: run with $(PYTHON) as it is, no venv made or installed (a GPU machine whose python has
 # torch, the other packages made importable by PYTHONPATH; README "On a GPU machine").
 gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, bench, loader, predict) into gpu-check/ (no GPU: small CPU mode)
-	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
+	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.commands.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
 test: $(STAMP) ## the whole test suite, before a commit (LK_CARVANA_ROOT for the real-data tests; TEST_ARGS="-p randomly" shuffles)
 	$(BIN)/python -m pytest $(TEST_ARGS)

@@ -1,5 +1,5 @@
 import sys
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 
 sys.exit(main())

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lk_segment.checkpointing import fuse_checkpoint
 from lk_segment.errors import UserError
+from lk_segment.training.checkpointing import fuse_checkpoint
 
 MODEL_NAME = "model"  # runs:/<run id>/model
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,8 +65,8 @@ def save_deploy_checkpoint(ckpt: str | Path, dst: str | Path) -> Path:
 
 def load_predictor(weights: str | Path, device: str = "auto"):
     """The ``Predictor`` of a checkpoint written by ``save_deploy_checkpoint``."""
-    from lk_segment.checkpointing import load_system
     from lk_segment.inference import Predictor
+    from lk_segment.training.checkpointing import load_system
 
     return Predictor(load_system(weights), device=device)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
 from lk_segment.data.normalize import Normalize
-from lk_segment.guard import NonFiniteGuard
+from lk_segment.training.guard import NonFiniteGuard
 from lk_segment.unet import UNet
 
 

@@ -213,7 +213,7 @@ TRAINED_EPOCHS = 3  # of the shared run; its full-resolution Dice after epochs 2
 def trained_run(tiny_root, tmp_path_factory) -> dict:
     """One tiny training (5x5, 3 epochs, full-resolution Dice every 2) in its own folder and store, shared,
     read-only, by the tests that only read a run; ``trained_copy`` for a test that writes to it."""
-    from lk_segment.train import train
+    from lk_segment.commands.train import train
 
     work = tmp_path_factory.mktemp("trained")
     overrides = tiny_overrides(tiny_root, f"trainer.max_epochs={TRAINED_EPOCHS}", "model.width=8",

@@ -13,7 +13,7 @@ from torch import nn
 from lk_segment.analysis.erf import erf_map, erf_sides, save_erf_png
 from lk_segment.analysis.flops import count_gflops
 from lk_segment.analysis.variants import format_table, readme_table, replace_readme_table, variants_table
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.config import available_variants
 
 README = Path(__file__).resolve().parent.parent / "README.md"

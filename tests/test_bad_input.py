@@ -16,10 +16,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.tracking import redact
-from lk_segment.train import train
 from tests.conftest import free_port, store_uri, tiny_overrides, use_working_folder
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from lk_segment.bench.results import Step
 from lk_segment.bench.run import random_batch
 from lk_segment.bench.settings import pick_fast
 from lk_segment.bench.steps import training_cost
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.config import load_config, to_container
 from lk_segment.data.augment_device import DeviceAugmentation
 from lk_segment.errors import UserError

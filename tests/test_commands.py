@@ -1,4 +1,4 @@
-"""Every command README.md shows, run as a user types it: ``make <target> ...`` from the root of a copy of
+"""Every command README.md and docs/ show, run as a user types it: ``make <target> ...`` from the root of a copy of
 the repository, with the Makefile's own relative defaults (the store ``mlruns/mlflow.db``, ``checkpoints/``,
 ``reports/``, ``evaluations/``, ``erf/``, ``bench.json``). Only the size is smaller, through ``ARGS=``, on the
 tiny synthetic data (``data.root=``). No ``MLFLOW_TRACKING_URI`` is passed on: the commands find the store
@@ -9,8 +9,8 @@ then predict, evaluate, register, erf on that run; compare and report; study; be
 test writes only its own outputs (its own folder, experiment or registered name) and reads only what the
 fixtures made, so the tests pass in any order (CI shuffles them).
 
-``test_every_readme_command_is_run_through_make_by_a_test`` fails when README.md shows a ``make`` target that
-no test runs through make and that is not exempted below, with the reason.
+``test_every_readme_command_is_run_through_make_by_a_test`` fails when README.md or a page of docs/ shows a
+``make`` target that no test runs through make and that is not exempted below, with the reason.
 """
 
 from __future__ import annotations
@@ -44,8 +44,24 @@ EXEMPT = {
 MAKE_CALL = re.compile(r'\[\s*"make",\s*"([a-z][a-z-]*)"')  # ["make", "<target>", ...]: a target run as typed
 
 
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
+CODE = re.compile(r"```.*?```|`[^`\n]+`", re.DOTALL)  # fenced blocks and inline code: what a user types
+
+
+def shown_targets(text: str) -> set[str]:
+    """The make targets in the code of a Markdown text (not ``make`` as an English word in its prose)."""
+    return {target for code in CODE.findall(text) for target in re.findall(r"\bmake ([a-z][a-z-]*)", code)}
+
+
 def readme_targets() -> set[str]:
-    return set(re.findall(r"\bmake ([a-z][a-z-]*)", (REPO / "README.md").read_text()))
+    """The targets README.md and the pages of docs/ show."""
+    return set().union(*(shown_targets((REPO / name).read_text()) for name in DOCUMENTS))
+
+
+def test_targets_are_read_from_code_only():
+    text = "It would make them slow.\n\n```bash\nmake train VARIANT=5x5\n```\n\nThen `make ui` and `make  x`."
+    assert shown_targets(text) == {"train", "ui"}
+    assert "docs/study.md" in DOCUMENTS and "README.md" in DOCUMENTS
 
 
 def make(copy: Path, argv: list[str], timeout: float = 900) -> str:
@@ -239,7 +255,7 @@ def test_make_help_lists_every_target_the_readme_shows(copy):
 
 
 def test_every_readme_command_is_run_through_make_by_a_test():
-    """A target README.md shows is either run by some test as ``["make", "<target>", ...]`` or exempted in
+    """A target README.md or docs/ shows is either run by some test as ``["make", "<target>", ...]`` or exempted in
     EXEMPT with its reason; an exemption that a test has since made unnecessary is an error too."""
     makefile_targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(), re.MULTILINE))
     shown = readme_targets()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.comparison.report import RunRecord, conclusions, exceeds_spread, pareto_front, summarise, write_report
 from lk_segment.comparison.sweep import PARENT_TAG, ROLE_TAG, compare, sweep_key
 from lk_segment.errors import UserError

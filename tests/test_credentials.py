@@ -9,11 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.model_registry import register
 from lk_segment.serving import save_deploy_checkpoint
 from lk_segment.tracking import public_config
-from lk_segment.train import train
 from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
 
 CACHE_URI = "s3://carol:cache-s3cret@bucket.example/cache"

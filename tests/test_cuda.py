@@ -21,13 +21,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lk_segment.checkpointing import load_system
+from lk_segment.commands.train import train
 from lk_segment.data.augment_device import DeviceAugmentation
 from lk_segment.inference import Predictor
 from lk_segment.ops import DW_IMPLS, DepthwiseConv2d
 from lk_segment.system import build_model
 from lk_segment.tracking import tracking_uri
-from lk_segment.train import train
+from lk_segment.training.checkpointing import load_system
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.cuda

@@ -70,9 +70,9 @@ def test_a_forking_strategy_on_a_gpu_stops_in_one_line_before_cuda_is_touched(mo
     CUDA then: only ddp is supported on a GPU, said before anything asks the GPU (or a missing one) a question."""
     import torch
 
+    from lk_segment.commands.train import build_trainer
     from lk_segment.device import check_strategy
     from lk_segment.errors import UserError
-    from lk_segment.train import build_trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the CUDA calls that follow would fail here
     cfg = load_config("3x3", ["trainer.accelerator=gpu", f"trainer.strategy={strategy}", "trainer.devices=2"])

@@ -13,16 +13,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.data import module as data_module
 from lk_segment.data.carvana import MEAN, STD
 from lk_segment.data.module import CarvanaDataModule, default_num_workers
 from lk_segment.device import cpu_name
 from lk_segment.errors import UserError
-from lk_segment.guard import NonFiniteGuard
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import tracking_uri
-from lk_segment.train import train
+from lk_segment.training.guard import NonFiniteGuard
 from tests.conftest import tiny_overrides
 
 

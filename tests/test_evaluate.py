@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.data.carvana import read_mask
 from lk_segment.data.rle import rle_decode
-from lk_segment.full_res import dice_of
+from lk_segment.training.full_res import dice_of
 from tests.conftest import carvana_root
 
 

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from lk_segment.data.carvana import Sample
-from lk_segment.full_res import FullResEval, ImageScore, dice_of, score_samples, summary
+from lk_segment.training.full_res import FullResEval, ImageScore, dice_of, score_samples, summary
 
 
 def two_cars() -> list[tuple[np.ndarray, np.ndarray]]:

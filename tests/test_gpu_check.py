@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from lk_segment import gpu_check
 from lk_segment.bench.loader import BATCHES_PER_WORKER, steady_images_per_s, steady_loader
+from lk_segment.commands import gpu_check
 from lk_segment.data.module import CarvanaDataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torchmetrics import Metric
 
-from lk_segment import predict as predict_module
-from lk_segment.full_res import FullResEval, ImageScore
+from lk_segment.commands import predict as predict_module
+from lk_segment.commands.predict import predict_folder
 from lk_segment.inference import Predictor
-from lk_segment.predict import predict_folder
 from lk_segment.system import SegmentationSystem
+from lk_segment.training.full_res import FullResEval, ImageScore
 
 OPTIM = {"lr": 1e-3, "weight_decay": 0.0, "warmup_fraction": 0.1}
 

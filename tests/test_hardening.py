@@ -19,12 +19,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lk_segment.checkpointing import atomic_torch_save, load_checkpoint
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
 from lk_segment.tracking import tracking_uri
-from lk_segment.train import train
+from lk_segment.training.checkpointing import atomic_torch_save, load_checkpoint
 from tests.conftest import tiny_overrides
 
 EPOCH_METRICS = ["train/loss", "val/loss", "val/dice", "val/iou", "val/dice_best", "perf/epoch_time_s"]
@@ -35,7 +35,7 @@ STOPPING_TRAINING = """
 import os, signal, sys, time
 import lightning as L
 from lk_segment.config import load_config
-from lk_segment.train import train
+from lk_segment.commands.train import train
 
 action, overrides = sys.argv[1], sys.argv[2:]
 
@@ -162,8 +162,8 @@ def test_ctrl_c_leaves_the_run_killed_and_the_command_exits_130(tiny_root, workd
         (run,) = _runs()
         assert run.info.status == "KILLED"
 
-        # the command line imports lk_segment.train.train when it runs: give it one that gets a Ctrl-C
-        monkeypatch.setattr("lk_segment.train.train", lambda cfg, **kw: train(cfg, callbacks=[_CtrlC()]))
+        # the command line imports lk_segment.commands.train.train when it runs: give it one that gets a Ctrl-C
+        monkeypatch.setattr("lk_segment.commands.train.train", lambda cfg, **kw: train(cfg, callbacks=[_CtrlC()]))
         assert main(["train", "-v", "3x3", *_overrides(tiny_root)]) == 130
         assert capsys.readouterr().err.strip().endswith("lk-segment: interrupted")
     finally:
@@ -187,7 +187,7 @@ KILLED_DURING_SAVE = """
 import sys, time
 from pathlib import Path
 import torch
-from lk_segment.checkpointing import atomic_torch_save
+from lk_segment.training.checkpointing import atomic_torch_save
 
 class SlowToPickle:
     def __reduce__(self):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lk_segment import malloc
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 
 needs_glibc = pytest.mark.skipif(malloc.mmapped_bytes() is None, reason="glibc 2.33+ (mallinfo2) only")
 

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lk_segment.checkpointing import load_system
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.data.carvana import find_samples, read_mask
-from lk_segment.full_res import dice_of
 from lk_segment.inference import Predictor, read_rgb
-from lk_segment.train import train
+from lk_segment.training.checkpointing import load_system
+from lk_segment.training.full_res import dice_of
 from tests.conftest import carvana_root, free_port, requires_carvana
 
 pytestmark = [pytest.mark.slow, requires_carvana]

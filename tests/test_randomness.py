@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lk_segment.commands.train import train
 from lk_segment.data.module import CarvanaDataset, WorkerInit, train_augmentation
-from lk_segment.train import train
 
 N = 8  # items, all of one photo: any difference between two of them is the augmentation's
 

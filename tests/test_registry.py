@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.comparison.report import headline, load_comparison, summarise
 from lk_segment.errors import UserError
 from lk_segment.model_registry import register

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.data.carvana import list_samples, split_by_car
-from lk_segment.run_records import log_datasets, split_digest
 from lk_segment.tracking import tracking_uri
-from lk_segment.train import train
+from lk_segment.training.run_records import log_datasets, split_digest
 from tests.conftest import tiny_overrides
 
 

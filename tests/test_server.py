@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
 from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, VIEW_KEY, VIEW_TAG, prepare_store
-from lk_segment.train import train
 from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
 
 pytestmark = pytest.mark.slow  # each test starts an MLflow server

@@ -1,4 +1,5 @@
-"""`make server AUTH=1`, allowed hosts, and what is refused: nobody reaches the store unasked (lk_segment/server.py)."""
+"""`make server AUTH=1`, allowed hosts, and what is refused: nobody reaches the store unasked
+(lk_segment/commands/server.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
+from lk_segment.commands.server import allowed_hosts
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
-from lk_segment.server import allowed_hosts
 from lk_segment.tracking import prepare_store
-from lk_segment.train import train
 from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]

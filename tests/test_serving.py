@@ -262,7 +262,7 @@ def test_a_training_where_only_mlflow_skinny_is_installed_logs_its_model(tiny_cf
     """Once, there: the requirements raised inside mlflow.start_run, and a finished training ended FAILED."""
     from mlflow.artifacts import download_artifacts
 
-    from lk_segment.train import train
+    from lk_segment.commands.train import train
     from tests.conftest import store_client
 
     monkeypatch.setattr(metadata, "version", _without("mlflow"))

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lk_segment.callbacks import SHARED_MACHINE_THRESHOLD
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
 from lk_segment.comparison.records import RunRecord
 from lk_segment.comparison.study import load_study
 from lk_segment.comparison.study_report import shared_machine
@@ -21,6 +20,7 @@ from lk_segment.config import available_variants
 from lk_segment.data.carvana import list_samples, split_by_car
 from lk_segment.errors import UserError
 from lk_segment.tracking import PARENT_TAG
+from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 from tests.conftest import store_client, tiny_overrides
 
 
@@ -91,9 +91,9 @@ def test_an_unknown_study_name_lists_the_known_ones():
 def test_a_cpu_hog_beside_a_training_flags_the_run(tiny_cfg):
     """Two busy loops (one per core here) beside a tiny training: its epochs record others' share of the
     machine above the threshold and the report's flag names the reason."""
+    from lk_segment.commands.train import train
     from lk_segment.comparison.records import record as read_record
     from lk_segment.tracking import client
-    from lk_segment.train import train
 
     def hog() -> int:
         """A busy loop that is not this process's child (a shell starts it and exits): another process of the

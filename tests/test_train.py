@@ -12,13 +12,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from lk_segment.cli import main
+from lk_segment.commands.cli import main
+from lk_segment.commands.predict import predict_folder
+from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.data.rle import rle_decode
 from lk_segment.device import cpu_name
-from lk_segment.predict import predict_folder
 from lk_segment.tracking import find_checkpoint, tracking_uri
-from lk_segment.train import train
 from tests.conftest import (
     TRAINED_EPOCHS,
     carvana_root,
@@ -86,8 +86,8 @@ def test_predict_from_run_id_writes_full_size_masks_and_rle(trained, tiny_root, 
 
 @pytest.mark.slow
 def test_predictor_runs_channels_last_and_predicts_the_nchw_masks(trained, tiny_root, monkeypatch):
-    from lk_segment.checkpointing import load_system
     from lk_segment.inference import Predictor
+    from lk_segment.training.checkpointing import load_system
 
     result, work = trained
     use_working_folder(monkeypatch, work)

@@ -10,10 +10,10 @@ from torch import nn
 
 from lk_segment.blocks import create_block
 from lk_segment.blocks.interp import InterpolatedConv2d, control_positions
-from lk_segment.checkpointing import fuse_checkpoint, load_system
 from lk_segment.config import load_config
 from lk_segment.inference import Predictor
 from lk_segment.system import SegmentationSystem
+from lk_segment.training.checkpointing import fuse_checkpoint, load_system
 from lk_segment.unet import BoundaryRefine, UNet
 
 

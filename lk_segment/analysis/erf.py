@@ -149,8 +149,8 @@ def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = 16, out_
     comparison's report draws every variant side by side, from MLflow alone). Both files are
     also kept under ``<out_dir>/<run_id>/``.
     """
-    from lk_segment.checkpointing import load_system
     from lk_segment.tracking import client, get_run
+    from lk_segment.training.checkpointing import load_system
 
     run = get_run(run_id)
     checkpoint = Path(checkpoint)

@@ -3,7 +3,7 @@ registry's champion are then computed from.
 
 A parent run (tag ``lk_segment.role=comparison``) holds one FINISHED child run per job; each child
 is tagged with its variant and seed (and its fold in a study) and logged, per epoch, its Dice, its
-timing and the share of the machine it had (``lk_segment.callbacks.PerfMonitor``), and once, the
+timing and the share of the machine it had (``lk_segment.training.callbacks.PerfMonitor``), and once, the
 best checkpoint's per-photo full-resolution Dice (``full_res/best.csv``).
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lk_segment.errors import UserError
-from lk_segment.full_res import CSV_ARTIFACT_DIR
 from lk_segment.tracking import HEADLINE_METRIC
+from lk_segment.training.full_res import CSV_ARTIFACT_DIR
 
 # Per-epoch histories read for every run (MLflow's metric history, in step order)
 HISTORY_KEYS = ("val/dice", "train/loss", "perf/epoch_time_s", "perf/train_time_cum_s", "perf/train_images_per_s",

@@ -5,7 +5,7 @@ Markdown), plots (PNG) and a conclusions paragraph generated from the numbers.
     lk-segment report compare --out docs/results --markdown docs/results.md
 
 The headline per run: ``val/dice_full_best``, the best checkpoint's mean per-image Dice at the
-photos' full resolution (Kaggle's metric, ``lk_segment.full_res``), with the best low-resolution
+photos' full resolution (Kaggle's metric, ``lk_segment.training.full_res``), with the best low-resolution
 ``val/dice`` over its epochs beside it (runs that did not log the former rank by the latter).
 Also per run: the median over epochs of
 ``perf/epoch_time_s`` and ``perf/train_images_per_s`` (the median ignores the first epoch's
@@ -27,7 +27,7 @@ from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
 from lk_segment.comparison.records import CURVE_KEYS, RunRecord, load_comparison
 from lk_segment.tracking import HEADLINE_METRIC
 
-FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.full_res.FullResEval
+FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.training.full_res.FullResEval
 HEADLINES = {"dice_full": FULL_RES_KEY, "best_dice": "best val/dice"}  # stats key -> its name in the report
 PLOTS = {
     "dice_vs_epoch_time": "The headline Dice against epoch time; the Pareto front (nothing both faster and better) "

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lk_segment.callbacks import SHARED_MACHINE_THRESHOLD
 from lk_segment.comparison import statistics as st
 from lk_segment.comparison.records import RunRecord, load_comparison, median
 from lk_segment.tracking import HEADLINE_METRIC
+from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 
 
 @dataclass

@@ -287,7 +287,7 @@ def _train_child(child: dict) -> None:
     """In a fresh process: train one job, then measure its effective receptive field."""
     import warnings
 
-    from lk_segment.train import train
+    from lk_segment.commands.train import train
 
     # A sweep prints one line per epoch; these notices would repeat in each of its dozens of trainings.
     for notice in (".*LeafSpec.*", ".*on_after_batch_transfer.*", ".*Integer columns in Python.*"):

@@ -20,8 +20,8 @@ from lk_segment.config import DataConfig, training_size
 from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, split_by_car
 from lk_segment.data.normalize import Normalize
 from lk_segment.data.synthetic import generate
-from lk_segment.distributed import validation_sampler
 from lk_segment.errors import UserError
+from lk_segment.training.distributed import validation_sampler
 
 SYNTHETIC_ROOT = Path("data/synthetic")
 _NORMALIZE = Normalize()

@@ -22,15 +22,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from lk_segment.analysis.flops import count_gflops
-from lk_segment.callbacks import PerfMonitor
-from lk_segment.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.config import flatten, training_size
 from lk_segment.data.module import AugmentationEpoch, CarvanaDataModule
 from lk_segment.device import check_accelerator, check_strategy, device_name, resolve_precision
-from lk_segment.distributed import scale_out_params
 from lk_segment.errors import UserError
-from lk_segment.full_res import FullResEval
-from lk_segment.run_records import DataLineage, SystemMetrics
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import (
     RunLogger,
@@ -40,6 +35,11 @@ from lk_segment.tracking import (
     public_config,
     tracking_uri,
 )
+from lk_segment.training.callbacks import PerfMonitor
+from lk_segment.training.checkpointing import AtomicCheckpointIO, resume_point
+from lk_segment.training.distributed import scale_out_params
+from lk_segment.training.full_res import FullResEval
+from lk_segment.training.run_records import DataLineage, SystemMetrics
 
 
 def count_params(module) -> int:

@@ -5,7 +5,7 @@
 
 The folder holds ``train/<car>_<NN>.jpg`` and ``train_masks/<car>_<NN>_mask.gif`` (photos the
 model never saw, or the ones it did). Every photo gets its mask exactly as ``make predict``
-makes it and is scored against its own mask (``lk_segment.full_res``). Written under
+makes it and is scored against its own mask (``lk_segment.training.full_res``). Written under
 ``--out/<folder name>[-tta]/``: the per-image CSV and the 5 worst images as overlays (true
 contour green, predicted magenta); with ``--run`` they and the figures are logged to that run
 under ``eval/<folder name>/`` (``eval/<folder name>/tta/`` with ``--tta``).
@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from lk_segment.checkpointing import load_system
 from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
-from lk_segment.full_res import ImageScore, score_samples, summary, write_scores_csv
 from lk_segment.inference import Predictor, read_rgb
+from lk_segment.training.checkpointing import load_system
+from lk_segment.training.full_res import ImageScore, score_samples, summary, write_scores_csv
 
 WORST_SHOWN = 5
 TRUE_BGR, PREDICTED_BGR = (0, 200, 0), (255, 0, 255)  # green and magenta: apart for most colour vision

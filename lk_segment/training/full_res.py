@@ -8,7 +8,7 @@ against its original GIF mask; the mean over images is the leaderboard's metric.
 
 ``FullResEval`` runs it during training (``val/dice_full``, ``val/dice_full_worst``,
 ``perf/full_res_eval_s`` and a per-image CSV; ``val/dice_full_best`` on the best checkpoint at
-the end); ``lk_segment.evaluate`` runs it on any labelled folder (``make evaluate``).
+the end); ``lk_segment.commands.evaluate`` runs it on any labelled folder (``make evaluate``).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class FullResEval(L.Callback):
 
     def _score_best(self, trainer: L.Trainer, pl_module: L.LightningModule, best: str) -> tuple[list, dict]:
         """On global rank 0: (the best checkpoint's scores, its scoring time as a metric when it was scored now)."""
-        from lk_segment.checkpointing import load_checkpoint, system_from_checkpoint
+        from lk_segment.training.checkpointing import load_checkpoint, system_from_checkpoint
 
         checkpoint = load_checkpoint(best)
         scores = self.scores.get(checkpoint["epoch"])

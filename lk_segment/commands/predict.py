@@ -16,11 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lk_segment.checkpointing import load_system
 from lk_segment.data.carvana import IMAGE_SUFFIXES
 from lk_segment.data.rle import rle_encode
 from lk_segment.errors import UserError
 from lk_segment.inference import Predictor, decoded_chunks, read_rgb
+from lk_segment.training.checkpointing import load_system
 
 
 def predict_folder(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path, progress: bool = True,

@@ -15,8 +15,8 @@ from lk_segment.errors import UserError
 
 
 def _train(args) -> None:
+    from lk_segment.commands.train import train
     from lk_segment.config import load_config
-    from lk_segment.train import train
 
     result = train(load_config(args.variant, args.overrides))
     if result["global_rank"] == 0:  # under DDP every process returns here; one line is enough
@@ -27,7 +27,7 @@ def _train(args) -> None:
 
 
 def _predict(args) -> None:
-    from lk_segment.predict import predict_folder
+    from lk_segment.commands.predict import predict_folder
     from lk_segment.tracking import find_checkpoint
 
     if sum(map(bool, (args.run, args.ckpt, args.model))) != 1:
@@ -45,7 +45,7 @@ def _predict(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from lk_segment.evaluate import evaluate, format_table
+    from lk_segment.commands.evaluate import evaluate, format_table
     from lk_segment.tracking import find_checkpoint
 
     if bool(args.run) == bool(args.ckpt):
@@ -69,7 +69,7 @@ def _register(args) -> None:
 
 def _ui(args) -> None:
     """Print the page to open, then become ``mlflow server`` over the project's store (see ``server.py``)."""
-    from lk_segment.server import allowed_hosts, auth_environment, check_exposure
+    from lk_segment.commands.server import allowed_hosts, auth_environment, check_exposure
     from lk_segment.tracking import experiment_urls, has_runs, redact, tracking_uri
 
     check_exposure(args.host, args.auth, args.insecure)

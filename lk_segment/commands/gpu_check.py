@@ -1,7 +1,7 @@
 """``make gpu-check``: one command that shows the project works on a GPU, and how fast.
 
-    python -m lk_segment.gpu_check --out gpu-check            # GPU mode where torch sees CUDA, else CPU mode
-    python -m lk_segment.gpu_check --out gpu-check --mode cpu  # the small CPU mode CI runs
+    python -m lk_segment.commands.gpu_check --out gpu-check            # GPU mode where torch sees CUDA, else CPU mode
+    python -m lk_segment.commands.gpu_check --out gpu-check --mode cpu  # the small CPU mode CI runs
 
 Each step runs as its own process (in its own process group, all of it ended when the step runs
 past its time limit), as a user would run it, and the check goes on after a failed step; a step
@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TRAIN_VARIANTS = ("3x3", "replk")
 BENCH_VARIANTS = ("3x3", "replk")  # the trainings' two: the plain kernel and the largest
 
@@ -183,8 +183,8 @@ class Check:
         """A step of this module (STEPS) in its own process; its JSON result, or None when it failed."""
         result = self.work / f"{name}.json"
         result.unlink(missing_ok=True)
-        step = self.run(name, [sys.executable, "-m", "lk_segment.gpu_check", "--step", name, "--mode", self.mode,
-                               "--work", str(self.work), "--device", self.device], timeout_key)
+        step = self.run(name, [sys.executable, "-m", "lk_segment.commands.gpu_check", "--step", name,
+                               "--mode", self.mode, "--work", str(self.work), "--device", self.device], timeout_key)
         if step["status"] != "passed":
             return None
         try:
@@ -400,7 +400,8 @@ def _f(value, spec: str = ".2f") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lk_segment.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lk_segment.commands.gpu_check",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu-check", help="folder for gpu-check.json, gpu-check.md, logs/, work/")
     parser.add_argument("--mode", choices=["auto", "gpu", "cpu"], default="auto",
                         help="auto: gpu where torch sees CUDA, else the small cpu mode")
