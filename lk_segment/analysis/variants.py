@@ -10,6 +10,7 @@ from __future__ import annotations
 from lk_segment.analysis.flops import count_gflops
 from lk_segment.blocks import get_block_class
 from lk_segment.config import available_variants, load_config, to_container, training_size
+from lk_segment.markdown import table
 
 README_MARKERS = ("<!-- variants:start -->", "<!-- variants:end -->")
 
@@ -57,13 +58,12 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
             f"GFLOPs per {h}×{w} image (`FlopCounterMode`: a multiply-add is 2 FLOPs) and theoretical "
             "receptive field (RF: the side, in input pixels, of the square one output pixel can see).",
             "",
-            "| name | block | k | what it is | params for C_in→C_out | U-Net params | GFLOPs | RF (px) |",
-            "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
         ]
-        for r in rows:
-            lines.append(f"| `{r['name']}` | `{r['block']}` | {r['kernel_size']} | {_md(r['description'])} | "
-                         f"{_md(r['params_formula'])} | {r['params']:,} | {r['gflops']:.3f} | "
-                         f"{r['receptive_field_px']} |")
+        lines += table(["name", "block", "k", "what it is", "params for C_in→C_out", "U-Net params", "GFLOPs",
+                        "RF (px)"],
+                       [[f"`{r['name']}`", f"`{r['block']}`", r["kernel_size"], r["description"], r["params_formula"],
+                         f"{r['params']:,}", f"{r['gflops']:.3f}", r["receptive_field_px"]] for r in rows],
+                       right=(2, 5, 6, 7))
         return "\n".join(lines)
     header = ("name", "block", "k", "params", "GFLOPs", "RF px", "what it is")
     body = [(r["name"], r["block"], str(r["kernel_size"]), f"{r['params']:,}", f"{r['gflops']:.3f}",
@@ -73,10 +73,6 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     for row in [header, *body]:
         lines.append("  ".join(cell.ljust(n) for cell, n in zip(row[:-1], widths, strict=True)) + "  " + row[-1])
     return "\n".join(lines)
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 def readme_table(readme_text: str) -> str:

@@ -3,18 +3,7 @@
 from __future__ import annotations
 
 from lk_segment.bench.results import BenchResults, Step
-
-
-def _row(*cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
-
-
-def _header(*names) -> list[str]:
-    return [_row(*names), _row(*["---"] * len(names))]
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+from lk_segment.markdown import header, number, row
 
 
 def _roofline_cells(step: Step) -> list[str]:
@@ -32,56 +21,56 @@ def table(results: BenchResults) -> str:
              f"Peaks measured in this run: matmul {peaks.matmul_size}^3 bf16 {peaks.bf16_tflops:.3f} TFLOP/s, "
              f"float32 {peaks.float32_tflops:.3f} TFLOP/s; device-to-device copy of {peaks.copy_mb} MB "
              f"{peaks.copy_gbps:.1f} GB/s (read + written)", ""]
-    lines += _header("variant", "reference img/s", "project fp32 img/s", "ratio", "project fast img/s", "ratio",
+    lines += header("variant", "reference img/s", "project fp32 img/s", "ratio", "project fast img/s", "ratio",
                      "peak mem fast (MB)", "predict ms/img")
     for v, s in results.steps.items():
         inf = results.inference.get(v)
-        lines.append(_row(v, f"{s.reference.images_per_s:.2f}", f"{s.project_32.images_per_s:.2f}",
+        lines.append(row(v, f"{s.reference.images_per_s:.2f}", f"{s.project_32.images_per_s:.2f}",
                           f"{s.ratio_32:.2f}", f"{s.project_fast.images_per_s:.2f}", f"{s.ratio_fast:.2f}",
-                          f"{s.project_fast.peak_mem_mb:.0f}", _num(inf and inf.predict_ms, ".1f")))
+                          f"{s.project_fast.peak_mem_mb:.0f}", number(inf and inf.predict_ms, ".1f")))
     lines += ["", "Roofline of each step (docs/performance.md: the bytes estimate): roofline ms = max(GFLOP / "
               "matmul peak, MB / copy bandwidth) in the step's dtype; MFU = GFLOP / measured ms / matmul peak", ""]
-    lines += _header("variant", "setting", "GFLOP", "MB moved", "roofline ms", "measured ms", "measured/roofline",
+    lines += header("variant", "setting", "GFLOP", "MB moved", "roofline ms", "measured ms", "measured/roofline",
                      "MFU")
     for v, s in results.steps.items():
-        lines += [_row(v, step.setting, *_roofline_cells(step)) for step in (s.project_32, s.project_fast)]
+        lines += [row(v, step.setting, *_roofline_cells(step)) for step in (s.project_32, s.project_fast)]
     ref = results.settings_reference
-    lines += ["", *_header(f"{cfg.settings_variant} setting", "img/s", "x reference", "first step s",
+    lines += ["", *header(f"{cfg.settings_variant} setting", "img/s", "x reference", "first step s",
                            "peak mem (MB)", "measured/roofline")]
     for name, r in results.settings.items():
-        lines.append(_row(name, f"{r.images_per_s:.2f}", f"{r.images_per_s / ref.images_per_s:.2f}",
+        lines.append(row(name, f"{r.images_per_s:.2f}", f"{r.images_per_s / ref.images_per_s:.2f}",
                           f"{r.first_step_ms / 1000:.1f}", f"{r.peak_mem_mb:.0f}",
                           f"{r.roofline.measured_over_roofline:.1f}"))
     lines += [f"\nSetting failed: {name}: {error}" for name, error in results.errors.items()]
     if results.breakdown:
         setting = next(iter(results.breakdown.values())).setting
         lines += ["", f"Where a step goes ({setting}, plain loop under torch.profiler; GFLOP of forward + "
-                  "backward):", "", *_header("variant", "step ms", "convolutions ms", "other ms", "conv share",
+                  "backward):", "", *header("variant", "step ms", "convolutions ms", "other ms", "conv share",
                                              "GFLOP", "conv TFLOP/s")]
-        lines += [_row(v, f"{b.step_ms:.1f}", f"{b.conv_ms:.1f}", f"{b.other_ms:.1f}", f"{100 * b.conv_share:.0f}%",
-                       f"{b.step_gflop:.1f}", _num(b.conv_tflops, ".3f")) for v, b in results.breakdown.items()]
+        lines += [row(v, f"{b.step_ms:.1f}", f"{b.conv_ms:.1f}", f"{b.other_ms:.1f}", f"{100 * b.conv_share:.0f}%",
+                       f"{b.step_gflop:.1f}", number(b.conv_tflops, ".3f")) for v, b in results.breakdown.items()]
     if results.pairs:
-        lines += ["", *_header("pair", "step time ratio, fast, in turns", "timed fp32", "timed fast",
+        lines += ["", *header("pair", "step time ratio, fast, in turns", "timed fp32", "timed fast",
                                "profiled fast", "FLOP ratio", "conv ms ratio", "other ms ratio",
                                "profiled, at equal conv efficiency")]
-        lines += [_row(k, f"{p.turns:.2f}", f"{p.timed_project_32:.2f}", f"{p.timed_project_fast:.2f}",
+        lines += [row(k, f"{p.turns:.2f}", f"{p.timed_project_32:.2f}", f"{p.timed_project_fast:.2f}",
                        f"{p.step:.2f}", f"{p.flops:.2f}", f"{p.conv_ms:.2f}", f"{p.other_ms:.2f}",
                        f"{p.step_at_equal_conv_efficiency:.2f}") for k, p in results.pairs.items()]
     ld = results.loader
     lines += ["", f"Loader at {ld.size[0]}x{ld.size[1]}, batch {cfg.batch_size} ({ld.train_images} train images): "
               f"model consumes {ld.model_images_per_s:.2f} img/s ({ld.model_setting})", "",
-              *_header("loader", "img/s", "x model"),
-              _row("first epoch (decode + cache)", f"{ld.first_epoch_images_per_s:.1f}",
+              *header("loader", "img/s", "x model"),
+              row("first epoch (decode + cache)", f"{ld.first_epoch_images_per_s:.1f}",
                    f"{ld.first_epoch_images_per_s / ld.model_images_per_s:.2f}")]
-    lines += [_row(f"cached, {label}", f"{rate:.1f}", f"{rate / ld.model_images_per_s:.2f}")
+    lines += [row(f"cached, {label}", f"{rate:.1f}", f"{rate / ld.model_images_per_s:.2f}")
               for label, rate in ld.cached_images_per_s.items()]
     fused = {v: r.fused for v, r in results.inference.items() if r.fused}
     if fused:
-        lines += ["", *_header("variant", "unfused model ms/img", "fused model ms/img", "speedup", "max rel diff")]
-        lines += [_row(v, f"{f.unfused_ms:.1f}", f"{f.fused_ms:.1f}", f"{f.speedup:.2f}", f"{f.max_rel_diff:.1e}")
+        lines += ["", *header("variant", "unfused model ms/img", "fused model ms/img", "speedup", "max rel diff")]
+        lines += [row(v, f"{f.unfused_ms:.1f}", f"{f.fused_ms:.1f}", f"{f.speedup:.2f}", f"{f.max_rel_diff:.1e}")
                   for v, f in fused.items()]
-    lines += ["", *_header("depthwise K", "dtype", "B x C x H x W", "FFT grid", "native fwd+bwd ms",
+    lines += ["", *header("depthwise K", "dtype", "B x C x H x W", "FFT grid", "native fwd+bwd ms",
                            "fft fwd+bwd ms", "native/fft")]
-    lines += [_row(r.k, r.dtype, "x".join(map(str, r.shape)), "x".join(map(str, r.fft_grid)), f"{r.native_ms:.1f}",
+    lines += [row(r.k, r.dtype, "x".join(map(str, r.shape)), "x".join(map(str, r.fft_grid)), f"{r.native_ms:.1f}",
                    f"{r.fft_ms:.1f}", f"{r.native_over_fft:.2f}") for r in results.dwconv]
     return "\n".join(lines)

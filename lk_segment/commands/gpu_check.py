@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lk_segment.markdown import header, number, row
+
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_VARIANTS = ("3x3", "replk")
 BENCH_VARIANTS = ("3x3", "replk")  # the trainings' two: the plain kernel and the largest
@@ -352,34 +354,33 @@ def markdown(results: dict) -> str:
     lines = [f"# gpu-check ({results['mode']} mode): {'all steps passed' if results['passed'] else 'FAILED'}", "",
              f"Device: {env.get('device_name', '?')}; torch {env.get('torch', '?')}, CUDA {env.get('cuda')}, "
              f"bf16 {env.get('bf16')}, {env.get('cpus')} CPUs, python {env.get('python')}.", "",
-             "| step | status | seconds | limit s |", "|---|---|---|---|"]
-    lines += [f"| {s['name']} | {s['status']} | {s['seconds']} | {s.get('limit_s', '')} |" for s in results["steps"]]
+             *header("step", "status", "seconds", "limit s")]
+    lines += [row(s["name"], s["status"], s["seconds"], s.get("limit_s", "")) for s in results["steps"]]
     tests = results.get("cuda_tests") or {}
     lines += ["", "`cuda` tests: " + ", ".join(f"{v} {k}" for k, v in tests.items() if k != "skip_reasons")]
     lines += [f"  (skipped: {r})" for r in tests.get("skip_reasons", [])[:1]]
-    lines += ["", "| training (2 epochs) | size | status | val/dice | epoch s | img/s | GPU peak MB | reserved MB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", *header("training (2 epochs)", "size", "status", "val/dice", "epoch s", "img/s", "GPU peak MB",
+                          "reserved MB")]
     for variant, t in results["trainings"].items():
         if t:
             size = "x".join(map(str, t["size"]))
-            lines.append(f"| {variant} | {size} | {t['status']} | {_f(t['val_dice'], '.4f')} "
-                         f"| {_f(t['epoch_time_s'])} | {_f(t['train_images_per_s'])} "
-                         f"| {_f(t['gpu_peak_mem_mb'], '.0f')} | {_f(t['gpu_peak_reserved_mb'], '.0f')} |")
+            lines.append(row(variant, size, t["status"], number(t["val_dice"], ".4f"), number(t["epoch_time_s"], ".2f"),
+                             number(t["train_images_per_s"], ".2f"), number(t["gpu_peak_mem_mb"], ".0f"),
+                             number(t["gpu_peak_reserved_mb"], ".0f")))
         else:
-            lines.append(f"| {variant} | | failed | | | | | |")
+            lines.append(row(variant, "", "failed", *[""] * 5))
     bench = results.get("bench")
     if bench:
         h, w = bench["size"]
         lines += ["", f"Bench at {h}x{w}, batch {bench['batch']}, {bench['setting']} (training step; predict: "
                   "one 1918x1280 image):",
                   "",
-                  "| variant | img/s | x plain fp32 reference | MFU | peak MB | predict ms/img |",
-                  "|---|---|---|---|---|---|"]
-        for v, row in bench["variants"].items():
-            ratio = row["images_per_s"] / row["reference_images_per_s"]
-            mfu = f"{100 * row['mfu']:.1f}%" if row.get("mfu") is not None else "n/a"
-            lines.append(f"| {v} | {row['images_per_s']:.1f} | {ratio:.2f} | {mfu} | {row['peak_mem_mb']:.0f} "
-                         f"| {_f(row['predict_ms'])} |")
+                  *header("variant", "img/s", "x plain fp32 reference", "MFU", "peak MB", "predict ms/img")]
+        for v, b in bench["variants"].items():
+            ratio = b["images_per_s"] / b["reference_images_per_s"]
+            mfu = f"{100 * b['mfu']:.1f}%" if b.get("mfu") is not None else "n/a"
+            lines.append(row(v, f"{b['images_per_s']:.1f}", f"{ratio:.2f}", mfu, f"{b['peak_mem_mb']:.0f}",
+                             number(b["predict_ms"], ".2f")))
         lines.append(f"\nMeasured in the same run: bf16 matmul {bench['bf16_matmul_tflops']:.3g} TFLOP/s, "
                      f"device copy {bench['copy_gbps']:.0f} GB/s (the MFU's and the roofline's denominators)")
     loader = results.get("loader")
@@ -393,10 +394,6 @@ def markdown(results: dict) -> str:
     lines += ["", f"Predict: {p.get('masks')} masks for {p.get('photos')} photos on {p.get('device')}, "
               f"{p.get('seconds')} s for the whole command."]
     return "\n".join(lines) + "\n"
-
-
-def _f(value, spec: str = ".2f") -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> int:

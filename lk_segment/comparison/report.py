@@ -25,6 +25,7 @@ import numpy as np
 
 from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
 from lk_segment.comparison.records import CURVE_KEYS, RunRecord, load_comparison
+from lk_segment.markdown import mean_sd, number, table
 from lk_segment.tracking import HEADLINE_METRIC
 
 FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.training.full_res.FullResEval
@@ -143,7 +144,7 @@ def conclusions(rows: list[VariantRow]) -> str:
     key = headline(rows)
     best = max(rows, key=lambda r: r.stats[key][0])
     ref = rows[0]
-    parts = [rule, f"Highest {HEADLINES[key]}: {best.variant} ({_pm(best.stats[key], 4)})."]
+    parts = [rule, f"Highest {HEADLINES[key]}: {best.variant} ({mean_sd(best.stats[key], '.4f')})."]
     below = [r for r in rows if r is not best and exceeds_spread(r.stats[key], best.stats[key])]
     within = [r for r in rows if r is not best and r not in below]
     if below:
@@ -194,18 +195,6 @@ def rankings(rows: list[VariantRow]) -> str:
     return text + f"; places that change (low resolution -> full resolution): {', '.join(moved)}."
 
 
-def _pm(stat: tuple[float, float] | None, digits: int) -> str:
-    if stat is None or math.isnan(stat[0]):
-        return "n/a"
-    return f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
-
-
-def _fmt(value: float | int | None, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
 def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
     """The Markdown table: header and cells."""
     mem_kind = "peak memory (MB)"
@@ -227,16 +216,16 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
         [
             r.variant,
             str(r.seeds),
-            _pm(r.stats.get("dice_full"), 4),
-            _pm(r.stats["best_dice"], 4),
-            _pm(r.stats["epoch_time_s"], 2),
-            _pm(r.stats["images_per_s"], 1),
-            _pm(r.stats["peak_mem_mb"], 0),
-            _fmt(r.params),
-            _fmt(r.gflops, 3),
-            _fmt(r.rf_px),
-            _pm(r.stats.get("erf_50_px"), 1),
-            _pm(r.stats.get("erf_99_px"), 1),
+            mean_sd(r.stats.get("dice_full"), ".4f"),
+            mean_sd(r.stats["best_dice"], ".4f"),
+            mean_sd(r.stats["epoch_time_s"], ".2f"),
+            mean_sd(r.stats["images_per_s"], ".1f"),
+            mean_sd(r.stats["peak_mem_mb"], ".0f"),
+            number(r.params),
+            number(r.gflops, ",.3f"),
+            number(r.rf_px),
+            mean_sd(r.stats.get("erf_50_px"), ".1f"),
+            mean_sd(r.stats.get("erf_99_px"), ".1f"),
         ]
         for r in rows
     ]
@@ -469,9 +458,7 @@ def _markdown(
         "",
         "## Results",
         "",
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join("---" for _ in header) + " |",
-        *["| " + " | ".join(c) + " |" for c in cells],
+        *table(header, cells),
         "",
         f"Mean ± standard deviation over seeds; the Pareto plot and the conclusions use the headline. {FULL_RES_KEY}: "
         "the best checkpoint's (by val/dice) mean over the validation photos of each one's Dice at its original "

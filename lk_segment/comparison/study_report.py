@@ -24,6 +24,7 @@ import numpy as np
 
 from lk_segment.comparison import statistics as st
 from lk_segment.comparison.records import RunRecord, load_comparison, median
+from lk_segment.markdown import number, table
 from lk_segment.tracking import HEADLINE_METRIC
 from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 
@@ -152,17 +153,6 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
                  "multiple comparisons) and cover the sampling of cars, not a change of training seed beyond the "
                  "one each fold used.")
     return " ".join(parts)
-
-
-def _f(value: float | None, digits: int, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:+.{digits}f}" if signed else f"{value:,.{digits}f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|",
-            *["| " + " | ".join(row) + " |" for row in rows]]
 
 
 def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str | Path | None = None) -> dict:
@@ -311,11 +301,12 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
     for v, r in found.items():
         d = r.difference
         cars = len({c for c, _ in r.photos.values()})
-        rows.append([v, f"{len(r.photos)} ({cars})", _f(r.mean_dice, 4),
+        rows.append([v, f"{len(r.photos)} ({cars})", number(r.mean_dice, ",.4f"),
                      f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" if d else "reference",
-                     d.verdict if d else "", _f(max(r.curve_dice, default=math.nan), 4), _f(r.gain, 4, signed=True),
+                     d.verdict if d else "", number(max(r.curve_dice, default=math.nan), ",.4f"),
+                     number(r.gain, "+.4f"),
                      "yes" if st.flattened(r.curve_dice) else "no"])
-    lines += ["## Accuracy", "", *markdown_table(header, rows), "",
+    lines += ["## Accuracy", "", *table(header, rows), "",
               "Mean full-res Dice: the mean over every validated photo of its Dice at 1918×1280 (Kaggle's metric), "
               "each photo scored by the best checkpoint (by val/dice) of the fold model that did not train on its "
               f"car. The interval resamples cars ({study.resamples} resamples): a car's 16 views are not "
@@ -336,20 +327,21 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         rows = []
         for v, r in found.items():
             clean = [c for c in r.clean if c.machine == machine]
-            rows.append([v, _f(float(r.runs[0].params.get("model/params", "nan")), 0),
-                         _f(float(r.runs[0].params.get("model/gflops", "nan")), 3),
-                         _f(median([c.peak_mem_mb for c in clean]), 0),
-                         _f(median([c.epoch_time_s for c in clean]), 1),
-                         _f(median([c.curves["perf/train_time_cum_s"][-1] / 60 for c in clean
-                                    if c.curves["perf/train_time_cum_s"]]), 1), f"{len(clean)} of {len(r.runs)}"])
-        lines += [f"Machine: {machine}.", "", *markdown_table(header, rows), ""]
+            rows.append([v, number(float(r.runs[0].params.get("model/params", "nan")), ",.0f"),
+                         number(float(r.runs[0].params.get("model/gflops", "nan")), ",.3f"),
+                         number(median([c.peak_mem_mb for c in clean]), ",.0f"),
+                         number(median([c.epoch_time_s for c in clean]), ",.1f"),
+                         number(median([c.curves["perf/train_time_cum_s"][-1] / 60 for c in clean
+                                        if c.curves["perf/train_time_cum_s"]]), ",.1f"),
+                         f"{len(clean)} of {len(r.runs)}"])
+        lines += [f"Machine: {machine}.", "", *table(header, rows), ""]
     if steps:
         bench_machine = parent.data.params.get("bench.machine", "?")
         ref = steps.get(study.reference)
-        rows = [[v, _f(ms, 0), _f(ms / ref if ref else math.nan, 2)] for v, ms in steps.items()]
+        rows = [[v, number(ms, ",.0f"), number(ms / ref if ref else math.nan, ",.2f")] for v, ms in steps.items()]
         lines += [f"Clean training step (forward, loss, backward, AdamW on one batch already in memory), median of "
                   f"{study.bench_turns} steps with the variants taking turns, on {bench_machine}:", "",
-                  *markdown_table(["variant", "step (ms)", f"x {study.reference}"], rows), ""]
+                  *table(["variant", "step (ms)", f"x {study.reference}"], rows), ""]
     lines += ["Epoch and training time: median over the variant's clean runs (training batches only; the first "
               "epoch's start-up included in the total). Peak memory: the process's peak resident memory on a CPU, "
               "allocated memory on a GPU.", ""]
@@ -366,14 +358,14 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
                   "study again alone on the machine.", ""]
     else:
         budget, at_budget = equal_time(found)
-        rows = [[v, _f(max(r.curve_dice, default=math.nan), 4), _f(at_budget.get(v), 4),
-                 _f(r.curve_times[-1] / 60 if r.curve_times else math.nan, 1)] for v, r in found.items()]
+        rows = [[v, number(max(r.curve_dice, default=math.nan), ",.4f"), number(at_budget.get(v), ",.4f"),
+                 number(r.curve_times[-1] / 60 if r.curve_times else math.nan, ",.1f")] for v, r in found.items()]
         lines += ["## Time to accuracy", "",
                   f"Equal epochs asks which design learns most per step; equal time asks which gives most per second "
                   f"of this machine ({machine}). Equal time: {budget / 60:.1f} min of training, the fastest variant's "
                   "whole training; a variant's Dice then is the best val/dice among its epochs finished by that "
                   "time (median curves over folds).", "",
-                  *markdown_table(["variant", "val/dice at equal epochs", "val/dice at equal time",
+                  *table(["variant", "val/dice at equal epochs", "val/dice at equal time",
                                    "training time (min)"], rows), ""]
     lines += ["## Plots", ""]
     captions = {"time_to_accuracy": "val/dice against cumulative training time, median over folds",
