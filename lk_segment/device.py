@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -90,3 +91,15 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if cuda:
         return "bf16-mixed" if native_bf16("cuda") else "16-mixed"
     return "bf16-mixed" if native_bf16("cpu") else "32"
+
+
+def environment(device: torch.device) -> dict:
+    """What a measurement ran on, for its record: python, torch, CUDA and cuDNN, the device and its name, native
+    bf16, the GPU's memory, the CPUs this process may use and torch's threads."""
+    cuda = device.type == "cuda"
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
+            "device_name": device_name(device), "bf16": native_bf16(device.type),
+            "gpu_memory_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1) if cuda else None,
+            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "threads": torch.get_num_threads()}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import platform
 import time
 import warnings
 
-import psutil
 import torch
 
 from lk_segment.bench.config import PAIRS, BenchConfig, parse_setting, resolved, setting_name
@@ -21,7 +19,7 @@ from lk_segment.bench.roofline import roofline_of
 from lk_segment.bench.settings import pick_fast, sweep_settings
 from lk_segment.bench.steps import project_step, reference_step, training_cost
 from lk_segment.config import available_variants, load_config, training_size
-from lk_segment.device import device_name, resolve_device, resolve_precision
+from lk_segment.device import environment, resolve_device, resolve_precision
 from lk_segment.timing import float32_mode
 
 
@@ -55,7 +53,7 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
     bcfg = resolved(bcfg, device, base.model.width, base.model.depth)
     h, w = training_size(bcfg.height, bcfg.width, 2**base.model.depth)
     images, masks = random_batch(bcfg.batch_size, h, w)
-    env = environment(device, bcfg.tf32)
+    env = bench_environment(device, bcfg.tf32)
     log(f"bench on {env.device_name}: steps at {h}x{w}, batch {bcfg.batch_size}, float32 rows with TF32 "
         f"{'on' if bcfg.tf32 else 'off'}")
 
@@ -130,7 +128,7 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
         pairs=pairs, loader=loader, inference=inference, dwconv=dwconv, bench_s=time.perf_counter() - started)
 
 
-def environment(device: torch.device, tf32: bool) -> Env:
-    name = device_name(device)
-    return Env(device=device.type, device_name=name, torch=torch.__version__, threads=torch.get_num_threads(),
-               cpus=psutil.cpu_count(), python=platform.python_version(), tf32=tf32)
+def bench_environment(device: torch.device, tf32: bool) -> Env:
+    env = environment(device)
+    return Env(device=env["device"], device_name=env["device_name"], torch=env["torch"], threads=env["threads"],
+               cpus=env["cpus"], python=env["python"], tf32=tf32)

@@ -83,17 +83,9 @@ MODES = {
 
 
 def environment() -> dict:
-    import torch
+    from lk_segment.device import environment, resolve_device
 
-    from lk_segment.device import device_name, native_bf16
-
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
-            "device_name": device_name(device), "bf16": native_bf16("cuda") if cuda else False,
-            "gpu_memory_gb": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    return environment(resolve_device("auto"))
 
 
 def make_data(root: Path, sizes: Sizes) -> dict:
