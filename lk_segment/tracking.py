@@ -97,10 +97,7 @@ def prepare_store(experiment: str) -> None:
                     conn.execute("PRAGMA journal_mode=WAL")
                 finally:
                     conn.close()
-                c = client()
-                found = c.get_experiment_by_name(experiment)
-                if found is None:
-                    c.create_experiment(experiment, artifact_location=artifact_location())
+                experiment_id(experiment)
             except sqlite3.DatabaseError as exc:
                 raise UserError(f"MLflow store {redact(uri)} is not a readable SQLite database ({exc}): "
                                 "set MLFLOW_TRACKING_URI to another store") from exc
@@ -229,6 +226,15 @@ def artifact_location() -> str | None:
     if tracking_uri() == DEFAULT_TRACKING_URI:
         return Path("mlruns/artifacts").resolve().as_uri()
     return None
+
+
+def experiment_id(name: str, mlflow_client=None) -> str:
+    """The id of the experiment ``name``, created (its artifacts under ``artifact_location()``) if it is new."""
+    c = mlflow_client or client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_location())
 
 
 def client():

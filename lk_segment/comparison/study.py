@@ -157,11 +157,11 @@ def run_study(name: str, extra_overrides: list[str] | tuple[str, ...] = (), out_
 
 def open_parent(study: StudyConfig, params: dict) -> str:
     """The study's parent run (created if this is its first start), before anything is measured."""
-    from lk_segment.comparison.sweep import _experiment_id, _parent_run
-    from lk_segment.tracking import client
+    from lk_segment.comparison.sweep import _parent_run
+    from lk_segment.tracking import client, experiment_id
 
     mlflow = client()
-    return _parent_run(mlflow, _experiment_id(mlflow, study.name), study_key(study), f"study {study.name}", params,
+    return _parent_run(mlflow, experiment_id(study.name, mlflow), study_key(study), f"study {study.name}", params,
                        "study")
 
 

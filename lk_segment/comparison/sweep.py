@@ -115,10 +115,11 @@ def run_sweep(jobs: list[Job], experiment: str, key: str, parent_name: str, pare
               workers: int | None = None, prefix: str = "compare", role: str = "comparison") -> SweepResult:
     """Train the jobs that have not FINISHED under the parent run of ``key`` (created if none)."""
     from lk_segment.tracking import client as mlflow_client
+    from lk_segment.tracking import experiment_id
 
     configs = {job: load_config(job.variant, job.all_overrides(experiment)) for job in jobs}  # bad keys fail now
     client = mlflow_client()
-    exp_id = _experiment_id(client, experiment)
+    exp_id = experiment_id(experiment, client)
     parent_id = _parent_run(client, exp_id, key, parent_name, parent_params, role)
     finished = {k: run.info.run_id for k, run in finished_child_runs(client, exp_id, parent_id).items()}
     todo = [job for job in jobs if job.key not in finished]
@@ -188,15 +189,6 @@ def compare(variants: list[str], seeds: int | list[int], overrides: list[str] | 
         "report": report,
         "registered": registered,  # variant -> version of the registered model <experiment>
     }
-
-
-def _experiment_id(client, name: str) -> str:
-    from lk_segment.tracking import artifact_location
-
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location())
 
 
 def _parent_run(client, exp_id: str, key: str, name: str, params: dict[str, str], role: str) -> str:
