@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex
 
+from lk_segment import names
 from lk_segment.data.normalize import Normalize
 from lk_segment.training.guard import NonFiniteGuard
 from lk_segment.unet import UNet
@@ -114,7 +115,7 @@ class SegmentationSystem(L.LightningModule):
         images, masks = batch
         loss = self._loss(self(images), masks)
         self.nonfinite.record_loss(loss, batch_idx)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
+        self.log(names.TRAIN_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(images),
                  sync_dist=True)
         return loss
 
@@ -136,7 +137,7 @@ class SegmentationSystem(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks = batch
         logits = self(images)
-        self.log("val/loss", self._loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        self.log(names.VAL_LOSS, self._loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
         prob = torch.sigmoid(logits.float())
         self.val_dice.update(prob, masks.int())
         self.val_iou.update(prob, masks.int())
@@ -147,9 +148,9 @@ class SegmentationSystem(L.LightningModule):
         self.val_dice.reset(), self.val_iou.reset()
         if not self.trainer.sanity_checking:
             self.best_dice = max(self.best_dice, float(dice))
-        self.log("val/dice", dice, prog_bar=True)
-        self.log("val/iou", iou)
-        self.log("val/dice_best", self.best_dice)
+        self.log(names.VAL_DICE, dice, prog_bar=True)
+        self.log(names.VAL_IOU, iou)
+        self.log(names.VAL_DICE_BEST, self.best_dice)
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
@@ -158,7 +159,7 @@ class SegmentationSystem(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg["warmup_fraction"]))
         # the name is the metric LearningRateMonitor logs it under, every step
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": names.LEARNING_RATE}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_dice"] = self.best_dice

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import MLFlowLogger
 
+from lk_segment import names
 from lk_segment.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -113,10 +114,9 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 # the columns and the order, so the page that `make ui` prints lands on the Dice of every run.
 VIEW_KEY = "lk_segment-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-HEADLINE_METRIC = "val/dice_full_best"  # the Kaggle metric: mean per-image Dice at full resolution
 # few enough that val/dice stays on screen beside the MLflow assistant's panel: MLflow orders metric
 # columns by name (a columnOrder in the view is applied only some of the times the page loads)
-VIEW_METRICS = (HEADLINE_METRIC, "val/dice", "perf/epoch_time_s", "perf/gpu_peak_mem_mb")
+VIEW_METRICS = (names.HEADLINE, names.VAL_DICE, names.EPOCH_TIME, names.GPU_PEAK_MEM)
 
 
 def _column(kind: str, name: str) -> str:
@@ -127,7 +127,7 @@ def training_view() -> str:
     """The shared view of the training runs, as the JSON MLflow's UI reads: best headline Dice first."""
     # the run names say the variant; Models shows each run's logged model and registered version
     columns = [*(_column("metrics", m) for m in VIEW_METRICS), _column("attributes", "Models")]
-    return json.dumps({"searchFilter": "", "orderByKey": _column("metrics", HEADLINE_METRIC), "orderByAsc": False,
+    return json.dumps({"searchFilter": "", "orderByKey": _column("metrics", names.HEADLINE), "orderByAsc": False,
                        "selectedColumns": columns})
 
 
@@ -280,8 +280,8 @@ def find_checkpoint(run_id: str, which: str = "best") -> Path:
     import mlflow
 
     run = get_run(run_id)
-    names = [a.path for a in client().list_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT_DIR)]
-    ckpts = sorted(n for n in names if n.endswith(".ckpt"))
+    paths = [a.path for a in client().list_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT_DIR)]
+    ckpts = sorted(n for n in paths if n.endswith(".ckpt"))
     preferred = [n for n in ckpts if Path(n).name.startswith(which)] or ckpts
     if not preferred:
         raise UserError(f"run {run_id!r} has no checkpoint among its artifacts: did its training finish "

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from lk_segment import names
 from lk_segment.errors import UserError
 
 
@@ -20,7 +21,7 @@ def _train(args) -> None:
 
     result = train(load_config(args.variant, args.overrides))
     if result["global_rank"] == 0:  # under DDP every process returns here; one line is enough
-        full = result["metrics"].get("val/dice_full_best")
+        full = result["metrics"].get(names.DICE_FULL_BEST)
         print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}"
               + (f", its val/dice_full {full:.4f} (mean per-image Dice at full resolution)" if full is not None else "")
               + f"; checkpoint {result['best_checkpoint']}")

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lk_segment import names
 from lk_segment.markdown import header, number, row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,10 +247,10 @@ class Check:
         run = runs[0]
         m = run.data.metrics
         record = {"run_id": run.info.run_id, "status": run.info.status, "device_name":
-                  run.data.params.get("trainer.device_name"), "val_dice": m.get("val/dice"),
-                  "epoch_time_s": m.get("perf/epoch_time_s"), "train_images_per_s": m.get("perf/train_images_per_s"),
-                  "gpu_peak_mem_mb": m.get("perf/gpu_peak_mem_mb"),
-                  "gpu_peak_reserved_mb": m.get("perf/gpu_peak_reserved_mb"),
+                  run.data.params.get(names.DEVICE_NAME), "val_dice": m.get(names.VAL_DICE),
+                  "epoch_time_s": m.get(names.EPOCH_TIME), "train_images_per_s": m.get(names.IMAGES_PER_S),
+                  "gpu_peak_mem_mb": m.get(names.GPU_PEAK_MEM),
+                  "gpu_peak_reserved_mb": m.get(names.GPU_PEAK_RESERVED),
                   "size": list(self.sizes.train)}
         ckpts = sorted((self.work / "checkpoints" / run.info.run_id).glob("best-*.ckpt"))
         record["checkpoint"] = str(ckpts[-1]) if ckpts else None
@@ -351,7 +352,7 @@ def markdown(results: dict) -> str:
     tests = results.get("cuda_tests") or {}
     lines += ["", "`cuda` tests: " + ", ".join(f"{v} {k}" for k, v in tests.items() if k != "skip_reasons")]
     lines += [f"  (skipped: {r})" for r in tests.get("skip_reasons", [])[:1]]
-    lines += ["", *header("training (2 epochs)", "size", "status", "val/dice", "epoch s", "img/s", "GPU peak MB",
+    lines += ["", *header("training (2 epochs)", "size", "status", names.VAL_DICE, "epoch s", "img/s", "GPU peak MB",
                           "reserved MB")]
     for variant, t in results["trainings"].items():
         if t:

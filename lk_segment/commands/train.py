@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
+from lk_segment import names
 from lk_segment.analysis.flops import count_gflops
 from lk_segment.config import flatten, training_size
 from lk_segment.data.module import AugmentationEpoch, CarvanaDataModule
@@ -85,7 +86,7 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
         tags={"variant": cfg.variant, "block": cfg.model.block,
               "kernel_size": str(cfg.model.kernel_size or "block default"), "seed": str(cfg.seed), **(tags or {})},
     )
-    checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor="val/dice", mode="max",
+    checkpoint = ModelCheckpoint(filename="best-{epoch:03d}", monitor=names.VAL_DICE, mode="max",
                                  auto_insert_metric_name=False)
     # Every epoch's state as last.ckpt, what resume= starts from (Lightning's save_last=True
     # refreshes it only in the epochs that also write a best-*.ckpt).
@@ -103,13 +104,13 @@ def train(cfg: DictConfig, tags: dict[str, str] | None = None, callbacks: list |
     run_id = logger.run_id
     height, width = training_size(cfg.data.height, cfg.data.width, system.model.size_multiple)
     params = flatten(config)
-    params.update({"model/params": count_params(system.model), "data.train_height": height,
-                   "data.train_width": width,
+    params.update({names.MODEL_PARAMS: count_params(system.model), names.TRAIN_HEIGHT: height,
+                   names.TRAIN_WIDTH: width,
                    # per image at the training size; the side of the square one output pixel can see
-                   "model/gflops": float(f"{count_gflops(system.model, (height, width)):.4g}"),
-                   "model/receptive_field_px": system.model.receptive_field_px()})
+                   names.MODEL_GFLOPS: float(f"{count_gflops(system.model, (height, width)):.4g}"),
+                   names.RECEPTIVE_FIELD: system.model.receptive_field_px()})
     params["data/skipped_files"] = len(datamodule.skipped)
-    params["trainer.device_name"] = device_name(trainer.strategy.root_device)  # what it really trained on
+    params[names.DEVICE_NAME] = device_name(trainer.strategy.root_device)  # what it really trained on
     params.update(scale_out_params(trainer.world_size, trainer.num_nodes, cfg.data.batch_size))
     try:
         if trainer.is_global_zero:

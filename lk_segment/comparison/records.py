@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lk_segment import names
 from lk_segment.errors import UserError
-from lk_segment.tracking import HEADLINE_METRIC
 from lk_segment.training.full_res import CSV_ARTIFACT_DIR
 
 # Per-epoch histories read for every run (MLflow's metric history, in step order)
-HISTORY_KEYS = ("val/dice", "train/loss", "perf/epoch_time_s", "perf/train_time_cum_s", "perf/train_images_per_s",
-                "perf/gpu_peak_mem_mb", "perf/cpu_peak_rss_mb", "perf/own_cpu_share", "perf/others_cpu_share",
-                "perf/load_avg_1m")
-CURVE_KEYS = ("val/dice", "train/loss")  # the training curves plotted per run
+HISTORY_KEYS = (names.VAL_DICE, names.TRAIN_LOSS, names.EPOCH_TIME, names.TRAIN_TIME_CUM, names.IMAGES_PER_S,
+                names.GPU_PEAK_MEM, names.CPU_PEAK_RSS, names.OWN_CPU_SHARE, names.OTHERS_CPU_SHARE,
+                names.LOAD_AVG)
+CURVE_KEYS = (names.VAL_DICE, names.TRAIN_LOSS)  # the training curves plotted per run
 
 
 @dataclass
@@ -52,7 +52,7 @@ class RunRecord:
 
     @property
     def headline(self) -> float:
-        return self.metrics.get(HEADLINE_METRIC, math.nan)
+        return self.metrics.get(names.HEADLINE, math.nan)
 
 
 def load_parent(client, experiment: str, parent_run_id: str | None = None, role: str = "comparison"):
@@ -89,16 +89,16 @@ def load_comparison(experiment: str, parent_run_id: str | None = None, role: str
 def record(client, run, photos: bool = False) -> RunRecord:
     history = {key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)]
                for key in HISTORY_KEYS}
-    gpu = history["perf/gpu_peak_mem_mb"]
+    gpu = history[names.GPU_PEAK_MEM]
     fold = run.data.tags.get("fold")
     return RunRecord(
         variant=run.data.tags["variant"],
         seed=int(run.data.tags["seed"]),
         run_id=run.info.run_id,
-        best_dice=max(history["val/dice"], default=math.nan),
-        epoch_time_s=median(history["perf/epoch_time_s"]),
-        images_per_s=median(history["perf/train_images_per_s"]),
-        peak_mem_mb=max(gpu or history["perf/cpu_peak_rss_mb"] or [math.nan]),
+        best_dice=max(history[names.VAL_DICE], default=math.nan),
+        epoch_time_s=median(history[names.EPOCH_TIME]),
+        images_per_s=median(history[names.IMAGES_PER_S]),
+        peak_mem_mb=max(gpu or history[names.CPU_PEAK_RSS] or [math.nan]),
         mem_kind="GPU" if gpu else "CPU RSS",
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),

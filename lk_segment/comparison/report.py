@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lk_segment import names
 from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
 from lk_segment.comparison.records import CURVE_KEYS, RunRecord, load_comparison
 from lk_segment.markdown import mean_sd, number, table
-from lk_segment.tracking import HEADLINE_METRIC
 
-FULL_RES_KEY = HEADLINE_METRIC  # logged once per run by lk_segment.training.full_res.FullResEval
-HEADLINES = {"dice_full": FULL_RES_KEY, "best_dice": "best val/dice"}  # stats key -> its name in the report
+HEADLINES = {"dice_full": names.HEADLINE, "best_dice": "best val/dice"}  # stats key -> its name in the report
 PLOTS = {
     "dice_vs_epoch_time": "The headline Dice against epoch time; the Pareto front (nothing both faster and better) "
     "joined",
@@ -77,8 +76,8 @@ def summarise(records: list[RunRecord], order: list[str] | None = None) -> list[
             "images_per_s": [r.images_per_s for r in runs],
             "peak_mem_mb": [r.peak_mem_mb for r in runs],
         }
-        if any(FULL_RES_KEY in r.metrics for r in runs):
-            values["dice_full"] = [r.metrics[FULL_RES_KEY] for r in runs if FULL_RES_KEY in r.metrics]
+        if any(names.HEADLINE in r.metrics for r in runs):
+            values["dice_full"] = [r.metrics[names.HEADLINE] for r in runs if names.HEADLINE in r.metrics]
         for fraction in ERF_FRACTIONS:
             key = erf_metric_name(fraction)
             if any(key in r.metrics for r in runs):  # over the seeds measured (a collapsed model has no ERF)
@@ -87,15 +86,15 @@ def summarise(records: list[RunRecord], order: list[str] | None = None) -> list[
             name: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) for name, v in values.items()
         }
         params = runs[0].params
-        n_params = _number(params.get("model/params"))
+        n_params = _number(params.get(names.MODEL_PARAMS))
         rows.append(
             VariantRow(
                 variant,
                 len(runs),
                 stats,
                 int(n_params) if n_params is not None else None,
-                _number(params.get("model/gflops")),
-                _number(params.get("model/receptive_field_px")),
+                _number(params.get(names.MODEL_GFLOPS)),
+                _number(params.get(names.RECEPTIVE_FIELD)),
             )
         )
     return rows
@@ -107,8 +106,8 @@ def exceeds_spread(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def headline(rows: list[VariantRow]) -> str:
-    """The stats key the report ranks by: ``dice_full`` (``val/dice_full_best``) where every variant
-    has it, else ``best_dice`` (runs from before full-resolution scoring)."""
+    """The stats key the report ranks by, by the headline rule (``names.HEADLINE``): ``dice_full`` where every
+    variant has it, else ``best_dice`` (runs from before full-resolution scoring)."""
     return "dice_full" if rows and all("dice_full" in r.stats for r in rows) else "best_dice"
 
 
@@ -187,7 +186,7 @@ def rankings(rows: list[VariantRow]) -> str:
     """The order of the variants by full-resolution Dice against their order by low-resolution Dice."""
     full = [r.variant for r in sorted(rows, key=lambda r: -r.stats["dice_full"][0])]
     low = [r.variant for r in sorted(rows, key=lambda r: -r.stats["best_dice"][0])]
-    text = (f"Ranked by the means of {FULL_RES_KEY}: {' > '.join(full)}; by those of the low-resolution best "
+    text = (f"Ranked by the means of {names.HEADLINE}: {' > '.join(full)}; by those of the low-resolution best "
             f"val/dice: {' > '.join(low)}")
     if full == low:
         return text + ": the same order."
@@ -201,7 +200,7 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
     header = [
         "variant",
         "seeds",
-        f"{FULL_RES_KEY} (headline)",
+        f"{names.HEADLINE} (headline)",
         "best val/dice (training size)",
         "epoch time (s)",
         "images/s",
@@ -233,21 +232,22 @@ def table_rows(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
 
 
 def write_csv(rows: list[VariantRow], path: Path) -> None:
-    names = ["dice_full", "best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb", *map(_erf_stat, ERF_FRACTIONS)]
+    stat_keys = ["dice_full", "best_dice", "epoch_time_s", "images_per_s", "peak_mem_mb",
+                 *map(_erf_stat, ERF_FRACTIONS)]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
                 "variant",
                 "seeds",
-                *[f"{n}_{s}" for n in names for s in ("mean", "std")],
+                *[f"{n}_{s}" for n in stat_keys for s in ("mean", "std")],
                 "params",
                 "gflops",
                 "receptive_field_px",
             ]
         )
         for r in rows:
-            stats = [v for n in names for v in r.stats.get(n, (math.nan, math.nan))]
+            stats = [v for n in stat_keys for v in r.stats.get(n, (math.nan, math.nan))]
             writer.writerow([r.variant, r.seeds, *stats, r.params, r.gflops, r.rf_px])
 
 
@@ -418,7 +418,7 @@ def champions(records: list[RunRecord], rows: list[VariantRow]) -> list[tuple[st
     key = headline(rows)
 
     def score(record: RunRecord) -> float:
-        return record.metrics[FULL_RES_KEY] if key == "dice_full" else record.best_dice
+        return record.metrics[names.HEADLINE] if key == "dice_full" else record.best_dice
 
     best = []
     for row in sorted(rows, key=lambda r: -r.stats[key][0]):
@@ -460,7 +460,8 @@ def _markdown(
         "",
         *table(header, cells),
         "",
-        f"Mean ± standard deviation over seeds; the Pareto plot and the conclusions use the headline. {FULL_RES_KEY}: "
+        "Mean ± standard deviation over seeds; the Pareto plot and the conclusions use the headline. "
+        f"{names.HEADLINE}: "
         "the best checkpoint's (by val/dice) mean over the validation photos of each one's Dice at its original "
         "resolution, its mask made as `make predict` makes it (Kaggle's metric); best val/dice: the best epoch's "
         "Dice of all validation pixels pooled, at the training size; "

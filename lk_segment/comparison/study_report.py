@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lk_segment import names
 from lk_segment.comparison import statistics as st
 from lk_segment.comparison.records import RunRecord, load_comparison, median
 from lk_segment.markdown import number, table
-from lk_segment.tracking import HEADLINE_METRIC
 from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 
 
@@ -51,13 +51,13 @@ class VariantResult:
 def shared_machine(record: RunRecord, threshold: float | None = None) -> str | None:
     """Why a run's times are not the model's, or None when it had the machine to itself."""
     threshold = SHARED_MACHINE_THRESHOLD if threshold is None else threshold
-    others = record.curves.get("perf/others_cpu_share", [])
+    others = record.curves.get(names.OTHERS_CPU_SHARE, [])
     if not others:
         return "its machine share was not recorded (a run from before perf/others_cpu_share)"
     worst = int(np.argmax(others))
     if others[worst] <= threshold:
         return None
-    load = record.curves.get("perf/load_avg_1m", [])
+    load = record.curves.get(names.LOAD_AVG, [])
     load_text = f", 1-minute load average {load[worst]:.1f}" if worst < len(load) else ""
     busy = sum(o > threshold for o in others)
     return (f"other processes used {others[worst]:.0%} of the machine's cores in epoch {worst + 1}{load_text} "
@@ -84,11 +84,11 @@ def results(study, records: list[RunRecord]) -> dict[str, VariantResult]:
                                        resamples=study.resamples, confidence=study.confidence)
         clean = [r for r in runs if shared_machine(r) is None]
         timed = [r for r in clean if r.machine == machine]
-        length = min(len(r.curves["val/dice"]) for r in runs)
+        length = min(len(r.curves[names.VAL_DICE]) for r in runs)
         out[variant] = VariantResult(
             variant, runs, photos[variant], difference,
-            curve_times=st.median_curve([r.curves["perf/train_time_cum_s"][:length] for r in timed]) if timed else [],
-            curve_dice=st.median_curve([r.curves["val/dice"][:length] for r in runs]), clean=clean)
+            curve_times=st.median_curve([r.curves[names.TRAIN_TIME_CUM][:length] for r in timed]) if timed else [],
+            curve_dice=st.median_curve([r.curves[names.VAL_DICE][:length] for r in runs]), clean=clean)
     return out
 
 
@@ -193,20 +193,20 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
             d = r.difference
             writer.writerow([v, len(r.runs), len(r.photos), len({c for c, _ in r.photos.values()}), r.mean_dice,
                              d.diff if d else "", d.low if d else "", d.high if d else "", d.verdict if d else
-                             "reference", r.gain, r.runs[0].params.get("model/params"),
-                             r.runs[0].params.get("model/gflops"), len(r.clean),
+                             "reference", r.gain, r.runs[0].params.get(names.MODEL_PARAMS),
+                             r.runs[0].params.get(names.MODEL_GFLOPS), len(r.clean),
                              median([c.epoch_time_s for c in r.clean]),
-                             median([c.curves["perf/train_time_cum_s"][-1] for c in r.clean
-                                     if c.curves["perf/train_time_cum_s"]]), steps.get(v, "")])
+                             median([c.curves[names.TRAIN_TIME_CUM][-1] for c in r.clean
+                                     if c.curves[names.TRAIN_TIME_CUM]]), steps.get(v, "")])
     with open(out_dir / "runs.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "fold", "run_id", "machine", HEADLINE_METRIC, "best_val_dice", "epochs",
+        writer.writerow(["variant", "fold", "run_id", "machine", names.HEADLINE, "best_val_dice", "epochs",
                          "train_time_s", "shared_machine"])
         for r in found.values():
             for run in r.runs:
-                cum = run.curves["perf/train_time_cum_s"]
+                cum = run.curves[names.TRAIN_TIME_CUM]
                 writer.writerow([run.variant, run.fold, run.run_id, run.machine, run.headline, run.best_dice,
-                                 len(run.curves["val/dice"]), cum[-1] if cum else "", shared_machine(run) or ""])
+                                 len(run.curves[names.VAL_DICE]), cum[-1] if cum else "", shared_machine(run) or ""])
 
 
 def plot_time_to_accuracy(found: dict[str, VariantResult], machine: str | None, path: Path) -> Path:
@@ -327,12 +327,12 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         rows = []
         for v, r in found.items():
             clean = [c for c in r.clean if c.machine == machine]
-            rows.append([v, number(float(r.runs[0].params.get("model/params", "nan")), ",.0f"),
-                         number(float(r.runs[0].params.get("model/gflops", "nan")), ",.3f"),
+            rows.append([v, number(float(r.runs[0].params.get(names.MODEL_PARAMS, "nan")), ",.0f"),
+                         number(float(r.runs[0].params.get(names.MODEL_GFLOPS, "nan")), ",.3f"),
                          number(median([c.peak_mem_mb for c in clean]), ",.0f"),
                          number(median([c.epoch_time_s for c in clean]), ",.1f"),
-                         number(median([c.curves["perf/train_time_cum_s"][-1] / 60 for c in clean
-                                        if c.curves["perf/train_time_cum_s"]]), ",.1f"),
+                         number(median([c.curves[names.TRAIN_TIME_CUM][-1] / 60 for c in clean
+                                        if c.curves[names.TRAIN_TIME_CUM]]), ",.1f"),
                          f"{len(clean)} of {len(r.runs)}"])
         lines += [f"Machine: {machine}.", "", *table(header, rows), ""]
     if steps:

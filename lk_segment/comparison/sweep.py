@@ -26,6 +26,7 @@ from pathlib import Path
 
 import lightning as L
 
+from lk_segment import names
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
 from lk_segment.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, finished_child_runs
@@ -105,7 +106,7 @@ class SweepProgress(L.Callback):
         self.epochs_done += 1
         elapsed = time.time() - self.sweep_start
         left = elapsed / self.epochs_done * (self.epochs_total - self.epochs_done) / self.workers
-        dice = trainer.callback_metrics.get("val/dice")
+        dice = trainer.callback_metrics.get(names.VAL_DICE)
         dice_text = f", val/dice {float(dice):.4f}" if dice is not None else ""
         print(f"[{self.prefix}] {self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{dice_text}; "
               f"about {format_seconds(left)} left", flush=True)
@@ -179,8 +180,8 @@ def compare(variants: list[str], seeds: int | list[int], overrides: list[str] | 
             print(f"[compare] registered model {experiment!r}: {len(registered)} variant(s), champion {champion} "
                   f"(make predict MODEL=models:/{experiment}@champion)", flush=True)
     if result.failed:
-        names = ", ".join(job.name for job in result.failed)
-        raise UserError(f"{len(result.failed)} training(s) failed ({names}); see their output above, then run the "
+        failed = ", ".join(job.name for job in result.failed)
+        raise UserError(f"{len(result.failed)} training(s) failed ({failed}); see their output above, then run the "
                         "same command again to retry only those")
     return {
         "parent_run_id": parent_id,

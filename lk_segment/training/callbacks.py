@@ -10,6 +10,7 @@ import lightning as L
 import psutil
 import torch
 
+from lk_segment import names
 from lk_segment.timing import Stopwatch
 
 # An epoch counts as having shared the machine when other processes used more than this share of
@@ -106,17 +107,17 @@ class PerfMonitor(L.Callback):
         share = self.share.stop()
         self.train_time_cum_s += seconds  # this rank's; logged as the max over ranks like the epoch's
         log = pl_module.log
-        log("perf/epoch_time_s", seconds, sync_dist=True, reduce_fx="max")
-        log("perf/train_time_cum_s", self.train_time_cum_s, sync_dist=True, reduce_fx="max")
-        log("perf/own_cpu_share", share["own_share"], sync_dist=True, reduce_fx="min")
-        log("perf/others_cpu_share", share["others_share"], sync_dist=True, reduce_fx="max")
-        log("perf/load_avg_1m", share["load_avg"], sync_dist=True, reduce_fx="max")
-        log("perf/train_images_per_s", self.images / seconds, sync_dist=True, reduce_fx="sum")
-        log("perf/cpu_peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        log(names.EPOCH_TIME, seconds, sync_dist=True, reduce_fx="max")
+        log(names.TRAIN_TIME_CUM, self.train_time_cum_s, sync_dist=True, reduce_fx="max")
+        log(names.OWN_CPU_SHARE, share["own_share"], sync_dist=True, reduce_fx="min")
+        log(names.OTHERS_CPU_SHARE, share["others_share"], sync_dist=True, reduce_fx="max")
+        log(names.LOAD_AVG, share["load_avg"], sync_dist=True, reduce_fx="max")
+        log(names.IMAGES_PER_S, self.images / seconds, sync_dist=True, reduce_fx="sum")
+        log(names.CPU_PEAK_RSS, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             sync_dist=True, reduce_fx="max")
         if self.cuda:
             device = pl_module.device
-            log("perf/gpu_peak_mem_mb", torch.cuda.max_memory_allocated(device) / 2**20, sync_dist=True,
+            log(names.GPU_PEAK_MEM, torch.cuda.max_memory_allocated(device) / 2**20, sync_dist=True,
                 reduce_fx="max")
-            log("perf/gpu_peak_reserved_mb", torch.cuda.max_memory_reserved(device) / 2**20, sync_dist=True,
+            log(names.GPU_PEAK_RESERVED, torch.cuda.max_memory_reserved(device) / 2**20, sync_dist=True,
                 reduce_fx="max")

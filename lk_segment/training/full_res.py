@@ -22,6 +22,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
+from lk_segment import names
 from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
 from lk_segment.inference import Predictor, decoded_chunks, read_rgb
@@ -137,10 +138,10 @@ class FullResEval(L.Callback):
         scores, seconds = self._score(trainer, pl_module, system)
         self.scores[trainer.current_epoch] = scores
         figures = summary(scores)
-        self.metrics.update({"val/dice_full": figures["mean"], "val/dice_full_worst": figures["worst"]})
-        pl_module.log("val/dice_full", figures["mean"])
-        pl_module.log("val/dice_full_worst", figures["worst"])
-        pl_module.log("perf/full_res_eval_s", seconds)
+        self.metrics.update({names.DICE_FULL: figures["mean"], names.DICE_FULL_WORST: figures["worst"]})
+        pl_module.log(names.DICE_FULL, figures["mean"])
+        pl_module.log(names.DICE_FULL_WORST, figures["worst"])
+        pl_module.log(names.FULL_RES_EVAL_TIME, seconds)
         self._log_csv(trainer, scores, f"epoch_{trainer.current_epoch:03d}.csv")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -152,7 +153,7 @@ class FullResEval(L.Callback):
         result = self._score_best(trainer, pl_module, best) if trainer.is_global_zero else None
         scores, timing = trainer.strategy.broadcast(result)
         figures = summary(scores)
-        best_metrics = {"val/dice_full_best": figures["mean"], "val/dice_full_best_worst": figures["worst"]}
+        best_metrics = {names.DICE_FULL_BEST: figures["mean"], names.DICE_FULL_BEST_WORST: figures["worst"]}
         self.metrics.update(best_metrics)
         if trainer.is_global_zero and trainer.logger is not None:
             # pl_module.log is not allowed once training has ended: straight to the logger
@@ -168,7 +169,7 @@ class FullResEval(L.Callback):
         if scores is not None:
             return scores, {}
         scores, seconds = self._score_here(trainer, pl_module, lambda: system_from_checkpoint(best, checkpoint))
-        return scores, {"perf/full_res_eval_s": seconds}
+        return scores, {names.FULL_RES_EVAL_TIME: seconds}
 
     def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, system) -> tuple[list[ImageScore], float]:
         """Scored on global rank 0, its result sent to every rank."""
