@@ -15,8 +15,9 @@ PIP_SOURCE := $(if $(WHEELS),--no-index --find-links "$(WHEELS)" --no-build-isol
 GPU_CHECK_OUT ?= gpu-check
 VARIANT ?= 3x3
 ARGS ?=
-PORT ?= 5000
-HOST ?= 127.0.0.1
+# Options left unset take the command's own default (lk-segment <command> --help), written there once.
+PORT ?=
+HOST ?=
 # make ui/server beyond loopback: AUTH=1 (MLflow's basic-auth app; MLFLOW_AUTH_ADMIN_PASSWORD on the first
 # start) or INSECURE=1 (a trusted network); ALLOWED_HOSTS: the Host headers it answers (default: this machine's)
 AUTH ?=
@@ -25,21 +26,21 @@ ALLOWED_HOSTS ?=
 SERVER_FLAGS = $(if $(AUTH),--auth) $(if $(INSECURE),--insecure) $(if $(ALLOWED_HOSTS),--allowed-hosts "$(ALLOWED_HOSTS)")
 RUN ?=
 MODEL ?=
-NAME ?= lk-segment
-ALIAS ?= champion
+NAME ?=
+# ALIAS: unset, the command's default (champion); ALIAS= (empty), no alias
 RESUME ?=
 CKPT ?=
 INPUT ?=
 OUT ?= predictions
-DEVICE ?= auto
+DEVICE ?=
 TTA ?=
 DATA ?=
-EVAL_OUT ?= evaluations
-ERF_OUT ?= erf
-BENCH_OUT ?= bench.json
-VARIANTS ?= 3x3 5x5 1x5 gcn replk
-SEEDS ?= 3
-EXPERIMENT ?= compare
+EVAL_OUT ?=
+ERF_OUT ?=
+BENCH_OUT ?=
+VARIANTS ?=
+SEEDS ?=
+EXPERIMENT ?=
 STUDY ?= cpu-sample
 STUDY_OUT ?=
 STUDY_MD ?=
@@ -86,7 +87,8 @@ train: $(STAMP) ## train one variant: make train VARIANT=5x5 ARGS="trainer.max_e
 
 .PHONY: compare report study
 compare: $(STAMP) ## every variant x seed under one MLflow parent run, then the report: make compare VARIANTS="3x3 5x5" SEEDS=3 ARGS="..."
-	$(BIN)/lk-segment compare --experiment $(EXPERIMENT) --variants $(VARIANTS) --seeds $(SEEDS) $(ARGS)
+	$(BIN)/lk-segment compare $(if $(EXPERIMENT),--experiment $(EXPERIMENT)) $(if $(VARIANTS),--variants $(VARIANTS)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(ARGS)
 
 study: $(STAMP) ## the study of configs/study/<STUDY>.yaml (or STUDY=<file.yaml>): every variant x fold, report with intervals (resumes): make study STUDY=cpu-sample
 	$(BIN)/lk-segment study $(STUDY) $(if $(STUDY_OUT),--out "$(STUDY_OUT)") $(if $(STUDY_MD),--markdown "$(STUDY_MD)") $(ARGS)
@@ -98,22 +100,23 @@ predict: $(STAMP) ## masks + submission.csv: make predict RUN=<id> (or CKPT=<pat
 	@test -n "$(INPUT)" || { echo "make predict needs INPUT=<folder of .jpg>"; exit 2; }
 	$(BIN)/lk-segment predict $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) $(if $(MODEL),--model "$(MODEL)") \
 		--input "$(INPUT)" --out "$(OUT)" \
-		--device $(DEVICE) $(if $(TTA),--tta)
+		$(if $(DEVICE),--device $(DEVICE)) $(if $(TTA),--tta)
 
 evaluate: $(STAMP) ## mean per-image Dice at full resolution: make evaluate RUN=<id> (or CKPT=<path>) DATA=<Kaggle-layout dir> [TTA=1]
 	@test -n "$(DATA)" || { echo "make evaluate needs DATA=<folder with train/*.jpg and train_masks/*_mask.gif>"; exit 2; }
 	$(BIN)/lk-segment evaluate $(if $(RUN),--run $(RUN)) $(if $(CKPT),--ckpt $(CKPT)) --data "$(DATA)" \
-		--out "$(EVAL_OUT)" --device $(DEVICE) $(if $(TTA),--tta)
+		$(if $(EVAL_OUT),--out "$(EVAL_OUT)") $(if $(DEVICE),--device $(DEVICE)) $(if $(TTA),--tta)
 
 register: $(STAMP) ## register a run's MLflow model: make register RUN=<id> [NAME=lk-segment] [ALIAS=champion]
 	@test -n "$(RUN)" || { echo "make register needs RUN=<run id>"; exit 2; }
-	$(BIN)/lk-segment register --run $(RUN) --name "$(NAME)" --alias "$(ALIAS)"
+	$(BIN)/lk-segment register --run $(RUN) $(if $(NAME),--name "$(NAME)") \
+		$(if $(filter undefined,$(origin ALIAS)),,--alias "$(ALIAS)")
 
 ui: $(STAMP) ## MLflow UI over the tracking store (one machine); prints the page to open (PORT=, HOST=, AUTH=1)
-	$(BIN)/lk-segment ui --host $(HOST) --port $(PORT) $(SERVER_FLAGS)
+	$(BIN)/lk-segment ui $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(SERVER_FLAGS)
 
 server: $(STAMP) ## MLflow tracking server for several machines: make server HOST=0.0.0.0 AUTH=1 [ALLOWED_HOSTS=name,...]
-	$(BIN)/lk-segment ui --server --host $(HOST) --port $(PORT) $(SERVER_FLAGS)
+	$(BIN)/lk-segment ui --server $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(SERVER_FLAGS)
 
 variants: $(STAMP) ## the kernel variants: params, GFLOPs, theoretical receptive field
 	$(BIN)/lk-segment variants
@@ -122,10 +125,10 @@ readme-variants: $(STAMP) ## regenerate README.md's variants table (lk-segment v
 	$(BIN)/lk-segment variants --markdown --readme README.md
 
 erf: $(STAMP) ## effective receptive field: make erf RUN=<id> (logged to the run) or VARIANT=<v> (fresh model)
-	$(BIN)/lk-segment erf $(if $(RUN),--run $(RUN),--variant $(VARIANT) $(ARGS)) --out "$(ERF_OUT)"
+	$(BIN)/lk-segment erf $(if $(RUN),--run $(RUN),--variant $(VARIANT) $(ARGS)) $(if $(ERF_OUT),--out "$(ERF_OUT)")
 
 bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENCH_OUT=bench.json ARGS="--variants 3x3"
-	$(BIN)/lk-segment bench --out "$(BENCH_OUT)" $(ARGS)
+	$(BIN)/lk-segment bench $(if $(BENCH_OUT),--out "$(BENCH_OUT)") $(ARGS)
 
 # NO_VENV=1: run with $(PYTHON) as it is, no venv made or installed (a GPU machine whose python has
 # torch, the other packages made importable by PYTHONPATH; README "On a GPU machine").

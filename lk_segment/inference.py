@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lk_segment.config import training_size
+from lk_segment.config import DataConfig, training_size
 from lk_segment.data.normalize import Normalize
 from lk_segment.device import native_bf16, resolve_device
 from lk_segment.errors import UserError
@@ -45,7 +45,7 @@ class Predictor:
         # bf16 autocast where the GPU has it (the training default); float32 on the CPU, as trained masks expect
         self.autocast = self.device.type == "cuda" and native_bf16("cuda")
         data = system.hparams.get("data") or {}
-        self.size = training_size(data.get("height", 128), data.get("width"), self.model.size_multiple)
+        self.size = training_size(data.get("height", DataConfig.height), data.get("width"), self.model.size_multiple)
         self.normalize = Normalize().to(self.device)
 
     def resize(self, image_rgb: np.ndarray) -> np.ndarray:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lk_segment import names
 from lk_segment.errors import UserError
 from lk_segment.serving import MODEL_NAME
 from lk_segment.tracking import client, get_run, redact, tracking_uri
-
-DEFAULT_NAME, DEFAULT_ALIAS = "lk-segment", "champion"
 
 
 def use_store() -> None:
@@ -27,7 +26,7 @@ def use_store() -> None:
     mlflow.set_registry_uri(tracking_uri())
 
 
-def register(run_id: str, name: str = DEFAULT_NAME, alias: str | None = DEFAULT_ALIAS,
+def register(run_id: str, name: str = names.REGISTERED_MODEL, alias: str | None = names.CHAMPION,
              tags: dict[str, str] | None = None) -> str:
     """Register ``runs:/<run_id>/model`` as a new version of ``name``; set ``alias`` on it; return the version."""
     import mlflow
@@ -81,5 +80,5 @@ def register_comparison(experiment: str, parent_run_id: str, ranking: list[tuple
             print(f"[compare] {variant} not registered: {exc}", flush=True)
     if versions:
         champion = next(iter(versions))
-        client().set_registered_model_alias(experiment, DEFAULT_ALIAS, versions[champion])
+        client().set_registered_model_alias(experiment, names.CHAMPION, versions[champion])
     return versions

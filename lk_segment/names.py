@@ -40,6 +40,14 @@ DEVICE_NAME = "trainer.device_name"
 TRAIN_HEIGHT = "data.train_height"
 TRAIN_WIDTH = "data.train_width"
 
+# -- the model registry (make register, make compare's champion)
+REGISTERED_MODEL = "lk-segment"
+CHAMPION = "champion"
+
+# -- where commands write when not told (relative to the working folder, as every make target runs)
+REPORTS_DIR = "reports"  # make compare: reports/<experiment>/; make study: reports/study-<name>/
+ERF_IMAGES = 16  # validation images an effective receptive field is averaged over (make erf)
+
 # The headline of every run and every comparison: the best checkpoint's mean per-photo Dice at the photo's own
 # resolution, the score Kaggle gives. A comparison whose runs lack it (trained before it existed) falls back on
 # the best VAL_DICE and says so.

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lk_segment import names
 from lk_segment.analysis.flops import eval_mode
 from lk_segment.config import DataConfig, load_config, to_container
 from lk_segment.errors import UserError
@@ -141,7 +142,8 @@ def measure_erf(model: nn.Module, images: torch.Tensor, png: Path, title: str) -
             "receptive_field_px": rf}
 
 
-def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = 16, out_dir: str | Path = "erf") -> dict:
+def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = names.ERF_IMAGES,
+                      out_dir: str | Path = "erf") -> dict:
     """ERF of a run's checkpoint on ``count`` of its own validation images, logged to the run.
 
     Logs ``erf/side_20_px``, ``erf/side_50_px``, ``erf/side_99_px`` and, under the artifact
@@ -173,14 +175,14 @@ def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = 16, out_
     return result
 
 
-def erf_of_run(run_id: str, count: int = 16, out_dir: str | Path = "erf") -> dict:
+def erf_of_run(run_id: str, count: int = names.ERF_IMAGES, out_dir: str | Path = "erf") -> dict:
     """ERF of a run's best checkpoint (else its last), logged to that run (see ``erf_of_checkpoint``)."""
     from lk_segment.tracking import find_checkpoint
 
     return erf_of_checkpoint(find_checkpoint(run_id), run_id, count, out_dir)
 
 
-def erf_of_variant(variant: str, overrides: list[str] | tuple[str, ...] = (), count: int = 16,
+def erf_of_variant(variant: str, overrides: list[str] | tuple[str, ...] = (), count: int = names.ERF_IMAGES,
                    out_dir: str | Path = "erf") -> dict:
     """ERF of a freshly initialised model of ``variant`` (seeded by ``seed``), PNG in ``<out_dir>/<variant>/``.
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from lk_segment.config import training_size
+from lk_segment.config import DataConfig, training_size
 
 SETTINGS = ("32", "32+cl", "bf16", "bf16+cl", "bf16+cl+compile")
 PAIRS = (("1x5", "5x5"), ("3x3", "5x5"))  # (variant, against): the ratios the study asks about
@@ -16,7 +16,7 @@ PAIRS = (("1x5", "5x5"), ("3x3", "5x5"))  # (variant, against): the ratios the s
 class BenchConfig:
     variants: list[str] | None = None  # None: every configs/variant file
     overrides: list[str] = field(default_factory=list)  # key=value applied to every variant's config
-    height: int = 128  # step and inference size (width from the Carvana aspect): the training default
+    height: int = DataConfig.height  # step and inference size (width from the Carvana aspect): the training default
     width: int | None = None  # e.g. 1024 with height 1024 for the GPU figures
     batch_size: int = 8
     steps: int = 5  # timed steps per figure (their median counts)

@@ -14,6 +14,8 @@ from pathlib import Path
 from lk_segment import names
 from lk_segment.errors import UserError
 
+COMPARE_EXPERIMENT = "compare"  # make compare's and make report's experiment when none is named
+
 
 def _train(args) -> None:
     from lk_segment.commands.train import train
@@ -183,7 +185,7 @@ def _study(args) -> None:
 def _report(args) -> None:
     from lk_segment.comparison.report import write_report
 
-    out = args.out or os.path.join("reports", args.experiment)
+    out = args.out or os.path.join(names.REPORTS_DIR, args.experiment)
     result = write_report(args.experiment, out, parent_run_id=args.run, markdown_path=args.markdown)
     print(f"report of comparison {result['parent_run_id']}: {result['markdown']}, {result['csv']}, "
           f"{len(result['plots'])} plots (also logged to that run)")
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one variant, log it to MLflow")
-    p.add_argument("--variant", "-v", default="3x3", help="a file of configs/variant/ (default 3x3)")
+    p.add_argument("--variant", "-v", default="3x3", help="a file of configs/variant/ (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_epochs=3")
     p.set_defaults(func=_train)
 
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation: mean of the logits of the "
                    "image and of its mirror image")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default %(default)s)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="mean per-image Dice at full resolution on a labelled folder")
@@ -258,13 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "overlays (default evaluations)")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu or cuda")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation, as predict --tta")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default %(default)s)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("register", help="register a run's MLflow model in the model registry, with an alias")
     p.add_argument("--run", required=True, help="MLflow run id")
-    p.add_argument("--name", default="lk-segment", help="registered model name (default lk-segment)")
-    p.add_argument("--alias", default="champion", help="alias set on the new version (default champion; '' for none)")
+    p.add_argument("--name", default=names.REGISTERED_MODEL, help="registered model name (default %(default)s)")
+    p.add_argument("--alias", default=names.CHAMPION, help="alias set on the new version (default %(default)s; '' for "
+                   "none)")
     p.set_defaults(func=_register)
 
     p = sub.add_parser("ui", help="MLflow UI (or, with --server, a tracking server) over the project's store")
@@ -294,23 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="write the markdown table into this file between its variants markers")
     p.set_defaults(func=_variants)
 
-    p = sub.add_parser("bench", help="speed and memory against a plain-PyTorch baseline (docs/performance.md)")
-    p.add_argument("--out", default="bench.json", help="JSON file for the results (default bench.json)")
+    p = sub.add_parser("bench", help="speed and memory against a plain-PyTorch baseline (docs/performance.md)",
+                       description="An option not given takes BenchConfig's default (lk_segment/bench/config.py, "
+                                   "each with its reason).")
+    p.add_argument("--out", default="bench.json", help="JSON file for the results (default %(default)s)")
     p.add_argument("--variants", nargs="+", help="default: every variant")
-    p.add_argument("--height", type=int, help="step and inference size (default 128: 128x192)")
+    p.add_argument("--height", type=int, help="step and inference size (width from the Carvana aspect)")
     p.add_argument("--width", type=int, help="default: from the Carvana aspect (e.g. --height 1024 --width 1024)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="timed steps per figure (median)")
     p.add_argument("--warmup", type=int)
-    p.add_argument("--pair-turns", type=int, help="turns of the 1x5/5x5 and 3x3/5x5 step-time ratios (default 15)")
+    p.add_argument("--pair-turns", type=int, help="turns of the 1x5/5x5 and 3x3/5x5 step-time ratios")
     p.add_argument("--settings", nargs="+", help="settings swept on 3x3, e.g. 32 bf16+cl bf16+cl+compile")
     p.add_argument("--loader-images", type=int, help="images decoded for the loader figures")
-    p.add_argument("--matmul-size", type=int, help="n of the n^3 matmul peak (default 8192 on GPU, 1024 on CPU)")
-    p.add_argument("--copy-mb", type=int, help="tensor of the copy bandwidth (default 1024 on GPU, 256 on CPU)")
-    p.add_argument("--dw-kernels", type=int, nargs="+", help="depthwise K of the native/FFT rows (default 7 13 31)")
-    p.add_argument("--dw-shapes", nargs="+", help="BxCxHxW of the depthwise rows (default on GPU: levels 0 and 2 "
-                   "of the U-Net at the step size; on CPU 4x32x64x96)")
-    p.add_argument("--tf32", action="store_true", help="TF32 in the float32 rows (default: off, true float32)")
+    p.add_argument("--matmul-size", type=int, help="n of the n^3 matmul peak")
+    p.add_argument("--copy-mb", type=int, help="MiB of the copy-bandwidth tensor")
+    p.add_argument("--dw-kernels", type=int, nargs="+", help="depthwise K of the native/FFT rows")
+    p.add_argument("--dw-shapes", nargs="+", help="BxCxHxW of the depthwise rows")
+    p.add_argument("--tf32", action="store_true", help="TF32 in the float32 rows (without it: true float32)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every variant, e.g. model.width=8")
     p.set_defaults(func=_bench)
@@ -318,15 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erf", help="effective receptive field of a trained run (logged to it) or a fresh model")
     p.add_argument("--run", help="MLflow run id: its best checkpoint, its own validation images")
     p.add_argument("--variant", "-v", help="a file of configs/variant/: a freshly initialised model")
-    p.add_argument("--images", type=int, default=16, help="validation images averaged over (default 16)")
-    p.add_argument("--out", default="erf", help="folder for <run id or variant>/erf.png (default erf)")
+    p.add_argument("--images", type=int, default=names.ERF_IMAGES,
+                   help="validation images averaged over (default %(default)s)")
+    p.add_argument("--out", default="erf", help="folder for <run id or variant>/erf.png (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="with --variant: key=value config overrides, e.g. data.root=...")
     p.set_defaults(func=_erf)
 
     p = sub.add_parser("compare", help="train every variant x seed under one MLflow parent run, then report")
-    p.add_argument("--variants", nargs="+", default=["3x3", "5x5", "1x5"], help="variant names (default 3x3 5x5 1x5)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default 3)")
-    p.add_argument("--experiment", default="compare", help="MLflow experiment (default compare)")
+    p.add_argument("--variants", nargs="+", default=["3x3", "5x5", "1x5"], help="variant names (default: 3x3 5x5 1x5)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant (default %(default)s)")
+    p.add_argument("--experiment", default=COMPARE_EXPERIMENT, help="MLflow experiment (default %(default)s)")
     p.add_argument("--out", help="folder for the report (default reports/<experiment>)")
     p.add_argument("overrides", nargs="*", help="key=value overrides shared by every run, e.g. trainer.max_epochs=3")
     p.set_defaults(func=_compare)
@@ -341,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_study)
 
     p = sub.add_parser("report", help="results table, plots and conclusions of a comparison, from MLflow alone")
-    p.add_argument("experiment", help="the MLflow experiment of the comparison")
+    p.add_argument("experiment", nargs="?", default=COMPARE_EXPERIMENT,
+                   help="the MLflow experiment of the comparison (default %(default)s)")
     p.add_argument("--run", help="the comparison's parent run id (default: the latest in the experiment)")
     p.add_argument("--out", help="folder for results.csv and the plots (default reports/<experiment>)")
     p.add_argument("--markdown", help="path of the Markdown report (default <out>/results.md)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lk_segment import names
 from lk_segment.comparison.sweep import Job, run_sweep
 from lk_segment.config import CONFIG_DIR, available_variants, load_config
 from lk_segment.errors import UserError
@@ -146,10 +147,10 @@ def run_study(name: str, extra_overrides: list[str] | tuple[str, ...] = (), out_
                            prefix="study", role="study")
         parent_id = result.parent_run_id
         if result.failed:
-            names = ", ".join(job.name for job in result.failed)
-            raise UserError(f"{len(result.failed)} training(s) failed ({names}); see their output above, then run "
+            failed = ", ".join(job.name for job in result.failed)
+            raise UserError(f"{len(result.failed)} training(s) failed ({failed}); see their output above, then run "
                             f"`make study STUDY={name}` again to retry only those")
-    out_dir = Path(out_dir) if out_dir is not None else Path("reports") / f"study-{study.name}"
+    out_dir = Path(out_dir) if out_dir is not None else Path(names.REPORTS_DIR) / f"study-{study.name}"
     report = write_study_report(study, parent_id, out_dir, markdown)
     print(f"[study] report written to {report['markdown']} and logged to parent run {parent_id}", flush=True)
     return report

@@ -169,7 +169,7 @@ def compare(variants: list[str], seeds: int | list[int], overrides: list[str] | 
                        {"compare.variants": " ".join(variants), "compare.seeds": " ".join(map(str, seeds)),
                         "compare.overrides": " ".join(overrides) or "(none)"}, workers)
     parent_id = result.parent_run_id
-    out_dir = Path(report_dir) if report_dir is not None else Path("reports") / experiment
+    out_dir = Path(report_dir) if report_dir is not None else Path(names.REPORTS_DIR) / experiment
     report, registered = None, {}
     if result.finished:
         report = write_report(experiment, out_dir, parent_run_id=parent_id)

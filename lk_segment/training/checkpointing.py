@@ -20,6 +20,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from lk_segment.config import DataConfig
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
 
@@ -115,8 +116,8 @@ def fuse_checkpoint(src: str | Path, dst: str | Path, deploy: bool = False) -> P
     model = {**trained["model"], "fused": True}
     if deploy:
         data = trained.get("data") or {}
-        checkpoint = {"hyper_parameters": {"model": model, "optim": {},
-                                           "data": {"height": data.get("height", 128), "width": data.get("width")}}}
+        size = {"height": data.get("height", DataConfig.height), "width": data.get("width")}
+        checkpoint = {"hyper_parameters": {"model": model, "optim": {}, "data": size}}
     else:
         checkpoint["hyper_parameters"]["model"] = model
     checkpoint["state_dict"] = system.state_dict()
