@@ -77,9 +77,9 @@ class OptimConfig:
 class TrainerConfig:
     max_epochs: int = 6
     # auto | 32 | bf16-mixed | 16-mixed. auto: bf16-mixed where the device has bf16 in hardware (a
-    # GPU that supports it: 16-mixed on one that does not; a CPU with AVX512-BF16 or AMX, where make
-    # bench measured 62.5 img/s in bf16 against 43.7 in float32), else 32 (an AVX2-only CPU emulates
-    # bf16, 5x slower than float32). The run logs the precision it resolved to.
+    # GPU that supports it: 16-mixed on one that does not; a CPU with AVX512-BF16 or AMX), else 32: a CPU
+    # without them emulates bf16, several times slower than float32 (figures: docs/performance.md). The run
+    # logs the precision it resolved to.
     precision: str = "auto"
     accelerator: str = "auto"
     devices: Any = 1  # int or "auto"; >1 with strategy=ddp
@@ -90,9 +90,9 @@ class TrainerConfig:
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
     enable_progress_bar: bool = True
-    # NHWC model and inputs: with bf16, 83.5 img/s, 1.86x the plain float32 reference (docs/performance.md)
+    # NHWC model and inputs: oneDNN's and cuDNN's preferred layout, the faster step (docs/performance.md)
     channels_last: bool = True
-    # torch.compile the U-Net: the compiled step was no faster here (83.3 img/s) and the first step pays the compile
+    # torch.compile the U-Net: off, as the compiled step was no faster on CPU and its first step pays the compile
     compile: bool = False
     # epochs between two full-resolution Dice evaluations (val/dice_full); 0: after the last epoch only.
     # The best checkpoint is always scored at the end (val/dice_full_best).

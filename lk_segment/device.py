@@ -74,8 +74,8 @@ def check_strategy(strategy: str, accelerator: str) -> None:
 
 def native_bf16(device_type: str) -> bool:
     """Whether ``device_type`` ("cuda" or "cpu") computes bfloat16 in hardware: a CUDA GPU that supports it,
-    or a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than float32 (a 3x3 step at
-    128x192 on an AVX2-only CPU: 40 s in bf16 against 7.6 s in float32)."""
+    or a CPU with AVX512-BF16 or AMX. Elsewhere bf16 is emulated and several times slower than float32
+    (docs/performance.md)."""
     if device_type == "cuda":  # without emulation: a T4 or V100 "supports" bf16 only emulated, slower than fp16
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

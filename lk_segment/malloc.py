@@ -13,9 +13,7 @@ glibc that habit without another library:
 
 Both are needed: a trim threshold alone also freezes the mmap threshold at 128 KiB (a 2x
 slower step here), an mmap threshold alone lets the trims return the memory every step.
-Measured (docs/performance.md): ``make train VARIANT=5x5`` 4.5% less wall time, system time
-3.8 s -> 1.0 s, peak RSS +1%; float32 plain-loop steps 11-27% faster; replk's fused/unfused
-inference timing stable from process to process (it ranged 1.17-1.61x without).
+What it saves, measured, is in docs/performance.md ("The allocator").
 The ``lk-segment`` command calls ``tune_malloc()`` first thing; ``LK_SEGMENT_MALLOC=default``
 leaves glibc as it is (for a before/after measurement). Elsewhere than glibc it does nothing.
 """

@@ -28,14 +28,14 @@ class BenchConfig:
     loader_images: int = 96  # images decoded for the first-epoch figure (6 cars: 80 train images)
     loader_workers: list[int] = field(default_factory=lambda: [0, 2])
     inference_repeats: int = 5
-    fused_repeats: int = 100  # fused vs unfused: about 10 ms per call at the default size, so many turns
+    fused_repeats: int = 100  # fused vs unfused: short calls at the default size, so many turns
     dw_kernels: list[int] = field(default_factory=lambda: [7, 13, 31])
     # (B, C, H, W) of each depthwise row; None: CPU 4x32x64x96 (replk's 2nd level at 128x192, the
     # figures before this one), GPU the training size: levels 0 and 2 of the U-Net at the step size
     dw_shapes: list[list[int]] | None = None
     dw_repeats: int = 5  # native and FFT timed in turns, median
     # n of the n x n x n peak matmul; None: 8192 on GPU, 1024 on CPU (a CPU without AVX-512 BF16
-    # emulates bf16: a 2048^3 product took half a minute on this 2-core AVX2 machine)
+    # emulates bf16, where a larger product takes minutes)
     matmul_size: int | None = None
     copy_mb: int | None = None  # the copy-bandwidth tensor; None: 1024 on GPU, 256 on CPU (beyond caches)
     peak_repeats: int | None = None  # matmuls and copies timed for the peaks; None: 20 on GPU, 5 on CPU
