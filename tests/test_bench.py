@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lk_segment.bench import BenchConfig, run_bench, table, write_results
-from lk_segment.bench.config import parse_setting, resolved
+from lk_segment.bench.config import parse_setting, with_device_defaults
 from lk_segment.bench.inference import bench_fused
 from lk_segment.bench.pairs import step_breakdown
 from lk_segment.bench.results import Step
@@ -79,12 +79,12 @@ def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
 
 def test_gpu_defaults_are_training_size_shapes_and_a_large_matmul():
     bcfg = BenchConfig(height=1024, width=1024, batch_size=8)
-    gpu = resolved(bcfg, torch.device("cuda"), width=16, depth=4)
+    gpu = with_device_defaults(bcfg, torch.device("cuda"), width=16, depth=4)
     assert gpu.dw_shapes == [[8, 16, 1024, 1024], [8, 64, 256, 256]]
     assert (gpu.matmul_size, gpu.copy_mb, gpu.peak_repeats) == (8192, 1024, 20)
-    cpu = resolved(bcfg, CPU, width=16, depth=4)
+    cpu = with_device_defaults(bcfg, CPU, width=16, depth=4)
     assert cpu.dw_shapes == [[4, 32, 64, 96]] and (cpu.matmul_size, cpu.peak_repeats) == (1024, 5)
-    given = resolved(BenchConfig(dw_shapes=[[1, 2, 3, 4]], matmul_size=512), torch.device("cuda"), 16, 4)
+    given = with_device_defaults(BenchConfig(dw_shapes=[[1, 2, 3, 4]], matmul_size=512), torch.device("cuda"), 16, 4)
     assert given.dw_shapes == [[1, 2, 3, 4]] and given.matmul_size == 512
 
 @pytest.mark.slow

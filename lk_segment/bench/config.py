@@ -43,7 +43,7 @@ class BenchConfig:
     device: str = "auto"  # auto | cpu | cuda
 
 
-def resolved(bcfg: BenchConfig, device: torch.device, width: int, depth: int) -> BenchConfig:
+def with_device_defaults(bcfg: BenchConfig, device: torch.device, width: int, depth: int) -> BenchConfig:
     """``bcfg`` with its device-dependent defaults filled in (``width``, ``depth``: the U-Net's)."""
     gpu = device.type == "cuda"
     h, w = training_size(bcfg.height, bcfg.width, 2**depth)

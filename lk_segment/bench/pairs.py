@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from lk_segment.bench.config import setting_name
-from lk_segment.bench.results import Breakdown, Pair, VariantSteps
+from lk_segment.bench.results import Breakdown, PairRatios, VariantSteps
 from lk_segment.bench.steps import plain_step, project_model
 from lk_segment.timing import time_in_turns
 
@@ -62,13 +62,13 @@ def steps_in_turns_ms(cfgs: dict[str, DictConfig], setting: dict, images: torch.
 
 
 def pair(fast: str, slow: str, breakdown: dict[str, Breakdown], steps: dict[str, VariantSteps],
-         turns_ms: dict[str, float]) -> Pair:
+         turns_ms: dict[str, float]) -> PairRatios:
     """``fast`` against ``slow``: the timed ratios, and from the breakdown the step, FLOP and
     convolution-time ratios and the step ratio had both convolutions run at ``slow``'s FLOP rate
     (the other work as measured)."""
     a, b = breakdown[fast], breakdown[slow]
     flop_ratio = a.step_gflop / b.step_gflop
-    return Pair(fast=fast, slow=slow, turns_ms={fast: turns_ms[fast], slow: turns_ms[slow]},
+    return PairRatios(fast=fast, slow=slow, turns_ms={fast: turns_ms[fast], slow: turns_ms[slow]},
                 timed_project_32=steps[fast].project_32.step_ms / steps[slow].project_32.step_ms,
                 timed_project_fast=steps[fast].project_fast.step_ms / steps[slow].project_fast.step_ms,
                 step=a.step_ms / b.step_ms, flops=flop_ratio, conv_ms=a.conv_ms / b.conv_ms,

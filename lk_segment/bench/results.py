@@ -83,7 +83,7 @@ class Breakdown:
 
 
 @dataclass
-class Pair:
+class PairRatios:
     """``fast`` against ``slow`` (e.g. 1x5 against 5x5): step-time ratios, timed and profiled."""
 
     fast: str
@@ -184,7 +184,7 @@ class BenchResults:
     steps: dict[str, VariantSteps]
     peaks: Peaks
     breakdown: dict[str, Breakdown]
-    pairs: dict[str, Pair]
+    pairs: dict[str, PairRatios]
     loader: Loader
     inference: dict[str, Inference]
     dwconv: list[DwRow]

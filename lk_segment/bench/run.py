@@ -8,7 +8,7 @@ import warnings
 
 import torch
 
-from lk_segment.bench.config import PAIRS, BenchConfig, parse_setting, resolved, setting_name
+from lk_segment.bench.config import PAIRS, BenchConfig, parse_setting, setting_name, with_device_defaults
 from lk_segment.bench.inference import bench_inference, full_resolution_image
 from lk_segment.bench.kernels import bench_dwconv
 from lk_segment.bench.loader import bench_loader
@@ -50,7 +50,7 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
     size = [f"data.height={bcfg.height}", f"data.width={'null' if bcfg.width is None else bcfg.width}"]
     cfgs = {v: load_config(v, [*bcfg.overrides, *size]) for v in bcfg.variants or available_variants()}
     base = cfgs.get(bcfg.settings_variant) or load_config(bcfg.settings_variant, [*bcfg.overrides, *size])
-    bcfg = resolved(bcfg, device, base.model.width, base.model.depth)
+    bcfg = with_device_defaults(bcfg, device, base.model.width, base.model.depth)
     h, w = training_size(bcfg.height, bcfg.width, 2**base.model.depth)
     images, masks = random_batch(bcfg.batch_size, h, w)
     env = bench_environment(device, bcfg.tf32)
@@ -82,14 +82,15 @@ def _run(bcfg: BenchConfig, device: torch.device, log) -> BenchResults:
     for v, cfg in cfgs.items():
         reused = v == bcfg.settings_variant
         ref = reference if reused else reference_step(cfg, images, masks, bcfg.steps, bcfg.warmup, device)
-        f32 = settings["32"] if reused and "32" in settings else with_roofline(project_step(
+        step_32 = settings["32"] if reused and "32" in settings else with_roofline(project_step(
             cfg, parse_setting("32"), images, masks, bcfg.steps, bcfg.warmup, device), v)
-        fst = settings[config_setting] if reused and config_setting in settings else with_roofline(project_step(
+        step_fast = settings[config_setting] if reused and config_setting in settings else with_roofline(project_step(
             cfg, fast, images, masks, bcfg.steps, bcfg.warmup, device), v)
-        steps[v] = s = VariantSteps(reference=ref, project_32=f32, project_fast=fst)
-        log(f"  step {v}: reference {ref.images_per_s:.2f} img/s, project fp32 x{s.ratio_32:.2f}, {fst.setting} "
-            f"x{s.ratio_fast:.2f}; {fst.setting} {fst.roofline.measured_over_roofline:.1f}x its roofline "
-            f"({fst.roofline.bound}-bound), MFU {100 * fst.roofline.mfu:.1f}%")
+        steps[v] = both = VariantSteps(reference=ref, project_32=step_32, project_fast=step_fast)
+        roofline = step_fast.roofline
+        log(f"  step {v}: reference {ref.images_per_s:.2f} img/s, project fp32 x{both.ratio_32:.2f}, "
+            f"{step_fast.setting} x{both.ratio_fast:.2f}; {step_fast.setting} {roofline.measured_over_roofline:.1f}x "
+            f"its roofline ({roofline.bound}-bound), MFU {100 * roofline.mfu:.1f}%")
 
     breakdown, pairs = {}, {}
     uncompiled = {**fast, "compile": False}  # the profiler names aten ops; a compiled graph hides them

@@ -45,8 +45,8 @@ BENCH_VARIANTS = ("3x3", "replk")  # the trainings' two: the plain kernel and th
 
 
 @dataclass
-class Sizes:
-    """What each mode runs at."""
+class ModeSettings:
+    """What each mode runs at, and each step's time limit."""
 
     photo: tuple[int, int]  # synthetic photos (width, height)
     cars: int  # x 16 views
@@ -62,7 +62,7 @@ class Sizes:
 
 
 MODES = {
-    "gpu": Sizes(photo=(1918, 1280), cars=6, train=(512, 768), train_args=[], bench=(1024, 1024),
+    "gpu": ModeSettings(photo=(1918, 1280), cars=6, train=(512, 768), train_args=[], bench=(1024, 1024),
                  bench_variants=BENCH_VARIANTS,
                  bench_args=["--steps", "5", "--warmup", "2", "--pair-turns", "3", "--loader-images", "24"],
                  loader=(1024, 1536), loader_images=48, predict_photos=8,
@@ -70,7 +70,7 @@ MODES = {
                  # 40, bench 90, loader 40, predict 20: about 6 minutes in all
                  timeout_s={"tests": 240, "train": 150, "bench": 200, "loader": 120, "predict": 90}),
     # The same steps on toy models and sizes: it checks that the script and every command in it work.
-    "cpu": Sizes(photo=(240, 160), cars=3, train=(32, 48), train_args=["model.width=4", "model.depth=2"],
+    "cpu": ModeSettings(photo=(240, 160), cars=3, train=(32, 48), train_args=["model.width=4", "model.depth=2"],
                  bench=(32, 48), bench_variants=("3x3",),
                  bench_args=["--steps", "1", "--warmup", "1", "--pair-turns", "1", "--loader-images", "32",
                              "--matmul-size", "256", "--copy-mb", "16", "--dw-kernels", "7", "--dw-shapes",
@@ -89,7 +89,7 @@ def environment() -> dict:
     return environment(resolve_device("auto"))
 
 
-def make_data(root: Path, sizes: Sizes) -> dict:
+def make_data(root: Path, sizes: ModeSettings) -> dict:
     from lk_segment.data.synthetic import generate
 
     if not (root / "SYNTHETIC").exists():
@@ -98,7 +98,7 @@ def make_data(root: Path, sizes: Sizes) -> dict:
     return {"root": str(root), "photos": len(list((root / "train").glob("*.jpg"))), "size": list(sizes.photo)}
 
 
-def loader_vs_model(root: Path, sizes: Sizes, device_type: str) -> dict:
+def loader_vs_model(root: Path, sizes: ModeSettings, device_type: str) -> dict:
     """Images/s the training loader delivers (cached, its default workers for the device) against
     images/s the 3x3 training step consumes (bf16 + channels_last), at the same size and batch."""
     import torch
@@ -204,7 +204,7 @@ class Check:
         step["status"] = f"failed ({why})"
         print(f"    {why}", flush=True)
 
-    def all(self) -> dict:
+    def run_all(self) -> dict:
         results: dict = {"mode": self.mode, "environment": self.inline("environment", environment)}
         # the cuda tests' own file: collecting every test file would import what only CI installs (selenium)
         tests = self.run("cuda-tests", [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()  # the steps run in <out>/work/: a relative --out would name another folder there
     started = time.perf_counter()
     print(f"gpu-check in {mode} mode, into {out}/", flush=True)
-    results = Check(out, mode).all()
+    results = Check(out, mode).run_all()
     results["seconds"] = round(time.perf_counter() - started, 1)
     (out / "gpu-check.json").write_text(json.dumps(results, indent=1, default=str))
     (out / "gpu-check.md").write_text(markdown(results) + f"\nWhole check: {results['seconds']} s.\n")

@@ -289,10 +289,10 @@ def _train_child(child: dict) -> None:
     cfg = load_config(child["variant"], child["overrides"])
     result = train(cfg, tags=child["tags"], callbacks=[SweepProgress(**child["progress"])])
     if child.get("erf", True):
-        measure_erf(result["best_checkpoint"] or result["last_checkpoint"], result["run_id"])
+        erf_after_training(result["best_checkpoint"] or result["last_checkpoint"], result["run_id"])
 
 
-def measure_erf(checkpoint: str, run_id: str) -> dict[float, int] | None:
+def erf_after_training(checkpoint: str, run_id: str) -> dict[float, int] | None:
     """Log the trained model's ERF to its run (``lk_segment.analysis.erf.erf_of_checkpoint``).
 
     A collapsed model, whose centre logit has no gradient, is said and left unmeasured (None)

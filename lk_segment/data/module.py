@@ -164,8 +164,9 @@ def default_num_workers(on_cuda: bool, devices_per_node: int = 1) -> int:
     """``data.num_workers`` when not given.
 
     On the CPU, 0: the training step already uses every core, and workers compete with it, while the
-    decoded cache alone feeds the model many times what it consumes (docs/performance.md). On CUDA the host only feeds the GPU: each device's process gets its
-    share of the cores, less one for itself, at most ``MAX_WORKERS_PER_DEVICE``.
+    decoded cache alone feeds the model many times what it consumes (docs/performance.md). On CUDA the host
+    only feeds the GPU: each device's process gets its share of the cores, less one for itself, at most
+    ``MAX_WORKERS_PER_DEVICE``.
     """
     if not on_cuda:
         return 0
