@@ -6,5 +6,6 @@
   (``make study``).
 - ``records``: a comparison's runs read from MLflow once.
 - ``statistics``: the car bootstrap, the verdicts, flattening, Dice at equal time.
-- ``report`` / ``study_report``: tables (Markdown, CSV), plots and conclusions generated from the records.
+- ``plots``: every plot of both reports, from numbers already computed;
+- ``report`` / ``study_report``: tables (Markdown, CSV) and conclusions generated from the records.
 """

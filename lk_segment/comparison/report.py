@@ -25,7 +25,8 @@ import numpy as np
 
 from lk_segment import names
 from lk_segment.analysis.erf import ERF_FRACTIONS, erf_metric_name
-from lk_segment.comparison.records import CURVE_KEYS, RunRecord, load_comparison
+from lk_segment.comparison.plots import plot_curves, plot_erf, plot_scatter
+from lk_segment.comparison.records import RunRecord, load_comparison
 from lk_segment.markdown import mean_sd, number, table
 
 HEADLINES = {"dice_full": names.HEADLINE, "best_dice": "best val/dice"}  # stats key -> its name in the report
@@ -251,95 +252,6 @@ def write_csv(rows: list[VariantRow], path: Path) -> None:
             writer.writerow([r.variant, r.seeds, *stats, r.params, r.gflops, r.rf_px])
 
 
-def _colours(variants: list[str]) -> dict[str, tuple]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10"]
-    return {v: cmap(i % 10) for i, v in enumerate(variants)}
-
-
-def plot_scatter(rows: list[VariantRow], x_key: str, path: Path, xlabel: str, front: list[str] | None = None) -> None:
-    import matplotlib.pyplot as plt
-
-    colours = _colours([r.variant for r in rows])
-    key = headline(rows)
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=90)
-    points = {}
-    for r in rows:
-        x = (float(r.params), 0.0) if x_key == "params" else r.stats[x_key]
-        y = r.stats[key]
-        points[r.variant] = (x[0], y[0])
-        ax.errorbar(x[0], y[0], xerr=x[1], yerr=y[1], fmt="o", color=colours[r.variant], capsize=3, label=r.variant)
-        ax.annotate(r.variant, (x[0], y[0]), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    if front:
-        xs, ys = zip(*sorted(points[v] for v in front), strict=True)
-        ax.plot(xs, ys, "--", color="grey", lw=1, label="Pareto front")
-    if x_key == "params":
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{HEADLINES[key]} (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_curves(records: list[RunRecord], order: list[str], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    colours = _colours(order)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
-    for ax, key in zip(axes, CURVE_KEYS, strict=True):
-        for r in sorted(records, key=lambda r: (order.index(r.variant), r.seed)):
-            values = r.curves.get(key, [])
-            label = r.variant if r.seed == min(o.seed for o in records if o.variant == r.variant) else None
-            ax.plot(range(1, len(values) + 1), values, marker=".", color=colours[r.variant], alpha=0.8, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_erf(records: list[RunRecord], rows: list[VariantRow], path: Path) -> bool:
-    """ERF heat-maps side by side: each run's map scaled to max 1, averaged over seeds, on one log
-    colour scale and cropped to one window around the centre (so the sizes compare at a glance)."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    maps = {}
-    for row in rows:
-        erfs = [
-            r.erf / max(float(r.erf.max()), 1e-12) for r in records if r.variant == row.variant and r.erf is not None
-        ]
-        if erfs and all(e.shape == erfs[0].shape for e in erfs):
-            maps[row.variant] = np.mean(erfs, axis=0)
-    if not maps:
-        return False
-    widest = max((r.stats["erf_99_px"][0] for r in rows if "erf_99_px" in r.stats), default=64)
-    half = max(16, int(widest * 0.75))  # window side: 1.5 x the widest 99% square
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.4 * len(maps) + 0.8, 2.9), dpi=90, squeeze=False)
-    stats = {r.variant: r.stats for r in rows}
-    for ax, (variant, erf) in zip(axes[0], maps.items(), strict=True):
-        h, w = erf.shape
-        crop = erf[max(0, h // 2 - half) : h // 2 + half + 1, max(0, w // 2 - half) : w // 2 + half + 1]
-        image = ax.imshow(np.maximum(crop, 1e-4), cmap="magma", norm=LogNorm(vmin=1e-4, vmax=1.0))
-        sides = [
-            f"{pct}%: {stats[variant][f'erf_{pct}_px'][0]:.0f} px"
-            for pct in (50, 99)
-            if f"erf_{pct}_px" in stats[variant]
-        ]
-        ax.set_title(variant + ("\n" + ", ".join(sides) if sides else ""), fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="|gradient| / max")
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
 def regenerate_command(parent, experiment: str) -> str:
     """The ``make compare`` that produced the comparison; the real-data folder written as
     ``$LK_CARVANA_ROOT`` where it is that variable's value, so a committed report names no machine's path."""
@@ -377,16 +289,13 @@ def write_report(
 
     write_csv(rows, out_dir / "results.csv")
     plots = {}
-    plot_scatter(
-        rows,
-        "epoch_time_s",
-        out_dir / "dice_vs_epoch_time.png",
-        "epoch time (s, median over epochs)",
-        front=pareto_front(rows),
-    )
+    key = headline(rows)
+    ylabel = f"{HEADLINES[key]} (mean ± std over seeds)"
+    plot_scatter(rows, "epoch_time_s", key, out_dir / "dice_vs_epoch_time.png", "epoch time (s, median over epochs)",
+                 ylabel, front=pareto_front(rows))
     plots["dice_vs_epoch_time"] = out_dir / "dice_vs_epoch_time.png"
     if all(r.params is not None for r in rows):
-        plot_scatter(rows, "params", out_dir / "dice_vs_params.png", "parameters")
+        plot_scatter(rows, "params", key, out_dir / "dice_vs_params.png", "parameters", ylabel)
         plots["dice_vs_params"] = out_dir / "dice_vs_params.png"
     plot_curves(records, order, out_dir / "training_curves.png")
     plots["training_curves"] = out_dir / "training_curves.png"

@@ -24,6 +24,7 @@ import numpy as np
 
 from lk_segment import names
 from lk_segment.comparison import statistics as st
+from lk_segment.comparison.plots import plot_differences, plot_time_to_accuracy
 from lk_segment.comparison.records import RunRecord, load_comparison, median
 from lk_segment.markdown import number, table
 from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
@@ -171,8 +172,10 @@ def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str
     markdown.parent.mkdir(parents=True, exist_ok=True)
     groups = machines(found)
     machine = main_machine(records)
-    plots = {"time_to_accuracy": plot_time_to_accuracy(found, machine, out_dir / "time_to_accuracy.png"),
-             "differences": plot_differences(study, found, out_dir / "differences.png")}
+    diffs = [r.difference for r in found.values() if r.difference is not None]
+    plots = {"time_to_accuracy": plot_time_to_accuracy(found, machine, equal_time(found)[0],
+                                                       out_dir / "time_to_accuracy.png"),
+             "differences": plot_differences(diffs, study.reference, study.confidence, out_dir / "differences.png")}
     write_csvs(study, found, steps, out_dir)
     text = study_markdown(study, parent, found, steps, groups, machine, plots, markdown)
     markdown.write_text(text)
@@ -207,58 +210,6 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
                 cum = run.curves[names.TRAIN_TIME_CUM]
                 writer.writerow([run.variant, run.fold, run.run_id, run.machine, run.headline, run.best_dice,
                                  len(run.curves[names.VAL_DICE]), cum[-1] if cum else "", shared_machine(run) or ""])
-
-
-def plot_time_to_accuracy(found: dict[str, VariantResult], machine: str | None, path: Path) -> Path:
-    """val/dice against training time, median over folds: the whole curves, and beside them the top of them
-    (from just below the lowest final value), where the variants part."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=90)
-    cmap = plt.get_cmap("tab10")
-    budget, _ = equal_time(found)
-    drawn = {v: r for v, r in found.items() if r.curve_times}
-    for ax in axes:
-        for i, (v, r) in enumerate(found.items()):
-            if v in drawn:
-                ax.plot(np.array(r.curve_times) / 60, r.curve_dice, marker=".", color=cmap(i % 10), label=v)
-        if not math.isnan(budget):
-            ax.axvline(budget / 60, color="grey", ls="--", lw=1, label="equal time (fastest's total)")
-        ax.set_xlabel(f"cumulative training time (min){f', {machine}' if machine else ''}", fontsize=8)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("val/dice (median over folds)")
-    axes[0].set_title("whole training", fontsize=9)
-    finals = [r.curve_dice[-1] for r in drawn.values()]
-    if finals:
-        low = min(finals) - 0.01
-        axes[1].set_ylim(low, max(max(r.curve_dice) for r in drawn.values()) + 0.002)
-    axes[1].set_title("the top, where the variants part", fontsize=9)
-    axes[1].legend(fontsize=7, ncol=2, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def plot_differences(study, found: dict[str, VariantResult], path: Path) -> Path:
-    """Each variant's difference to the reference with its interval: the conclusions at a glance."""
-    import matplotlib.pyplot as plt
-
-    diffs = [r.difference for r in found.values() if r.difference is not None]
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(diffs) + 1.4), dpi=90)
-    colours = {"better": "tab:green", "worse": "tab:red", "no detectable difference": "tab:grey"}
-    for y, d in enumerate(diffs):
-        ax.errorbar(d.diff, y, xerr=[[d.diff - d.low], [d.high - d.diff]], fmt="o", capsize=3,
-                    color=colours[d.verdict])
-    ax.axvline(0, color="black", lw=1)
-    ax.set_yticks(range(len(diffs)), [d.variant for d in diffs])
-    ax.set_xlabel(f"mean per-photo full-resolution Dice minus {study.reference}'s ({study.confidence:.0%} interval, "
-                  "bootstrap over cars)", fontsize=8)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def regenerate_command(study, parent) -> str:
