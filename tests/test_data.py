@@ -4,11 +4,12 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lk_segment.config import DataConfig
 from lk_segment.data.carvana import DecodedCache, list_samples, read_mask, split_by_car
-from lk_segment.data.module import CarvanaDataModule
+from lk_segment.data.module import CarvanaDataModule, validation_photos
 from lk_segment.data.rle import rle_decode, rle_encode
 from lk_segment.errors import UserError
 from tests.conftest import carvana_root, requires_carvana
@@ -52,6 +53,26 @@ def test_cache_is_built_once_and_reused(tiny_root, tmp_path):
     again.setup("fit")
     assert DecodedCache.decode_count - before == 64  # nothing decoded the second time
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_validation_photos_are_the_validation_sets_own_without_a_cache(tiny_root, tmp_path, folds):
+    """The ERF's short way in: the same photos, the same pixels as the DataModule's validation set, spread over
+    its cars, and nothing decoded into a cache."""
+    cfg = DataConfig(root=str(tiny_root), height=32, width=48, cache_dir=str(tmp_path / "cache"), augment=False,
+                     folds=folds, fold=1 if folds else 0)
+    before = DecodedCache.decode_count
+    photos = validation_photos(cfg, size_multiple=16, count=5)
+    assert DecodedCache.decode_count == before and not (tmp_path / "cache").exists()
+    dm = CarvanaDataModule(cfg, size_multiple=16, progress=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    val = dm.val_set
+    picks = np.unique(np.linspace(0, len(val) - 1, 5).round().astype(int))
+    expected = torch.stack([val[int(i)][0] for i in picks])
+    assert photos.shape == expected.shape == (5, 3, 32, 48) and photos.dtype == expected.dtype
+    assert torch.equal(photos, expected)
+    assert len({dm.val_samples[int(i)].car for i in picks}) > 1  # spread over the cars, not one car's views
 
 
 def test_missing_root_and_missing_mask(tmp_path, tiny_root):

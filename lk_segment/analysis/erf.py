@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from lk_segment import names
-from lk_segment.analysis.flops import eval_mode
+from lk_segment.analysis import eval_mode
 from lk_segment.config import DataConfig, load_config, to_container
 from lk_segment.errors import UserError
 
@@ -106,28 +107,6 @@ def save_erf_png(erf: np.ndarray, path: str | Path, title: str) -> Path:
     return path
 
 
-def validation_images(data: dict, size_multiple: int, count: int) -> torch.Tensor:
-    """``count`` validation images (N, 3, H, W) at the training size, spread over the cars.
-
-    ``data`` is a ``data`` config section (a run's own, from its checkpoint), so the split,
-    the size and the normalisation are those the model was validated with.
-    """
-    from omegaconf import OmegaConf
-
-    from lk_segment.data.module import CarvanaDataModule
-
-    datamodule = CarvanaDataModule(OmegaConf.merge(OmegaConf.structured(DataConfig), data),
-                                   size_multiple=size_multiple, progress=False)
-    datamodule.prepare_data()
-    datamodule.setup()
-    val = datamodule.val_set
-    # Evenly spaced indices: the first N would all be views of the same one or two cars.
-    picks = np.unique(np.linspace(0, len(val) - 1, min(count, len(val))).round().astype(int))
-    return torch.stack([val[int(i)][0] for i in picks])
-
-
-
-
 def measure_erf(model: nn.Module, images: torch.Tensor, png: Path, title: str) -> dict:
     """The ERF map of ``model`` over ``images``, the sides of its squares and its heat-map at ``png``."""
     erf = erf_map(model, images)
@@ -161,7 +140,10 @@ def erf_of_checkpoint(checkpoint: str | Path, run_id: str, count: int = names.ER
     if not data:
         raise UserError(f"checkpoint {checkpoint.name!r} of run {run_id!r} holds no data config: "
                         "use `lk-segment erf --variant` with the same data.* overrides instead")
-    images = validation_images(data, system.model.size_multiple, count)
+    from lk_segment.data.module import validation_photos
+
+    images = validation_photos(OmegaConf.merge(OmegaConf.structured(DataConfig), data), system.model.size_multiple,
+                               count)
     variant = run.data.tags.get("variant", run.info.run_name)
     folder = Path(out_dir) / run_id
     result = measure_erf(system.model, images, folder / "erf.png",
@@ -194,6 +176,8 @@ def erf_of_variant(variant: str, overrides: list[str] | tuple[str, ...] = (), co
     cfg = load_config(variant, overrides)
     torch.manual_seed(cfg.seed)
     model = build_model(to_container(cfg)["model"])
-    images = validation_images(to_container(cfg)["data"], model.size_multiple, count)
+    from lk_segment.data.module import validation_photos
+
+    images = validation_photos(cfg.data, model.size_multiple, count)
     return measure_erf(model, images, Path(out_dir) / variant / "erf.png",
                        f"{variant}, freshly initialised (seed {cfg.seed})")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from lk_segment.analysis import eval_mode
+from lk_segment.ops import native_depthwise
 
 
 def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
@@ -31,37 +31,6 @@ def count_gflops(model: nn.Module, size: tuple[int, int]) -> float:
     with eval_mode(model), native_depthwise(model), counter, torch.no_grad():
         functional_call(model, meta, (x,))
     return counter.get_total_flops() / 1e9
-
-
-@contextmanager
-def native_depthwise(model: nn.Module) -> Iterator[None]:
-    """Run every ``lk_segment.ops.DepthwiseConv2d`` natively inside, then give back its ``impl``.
-
-    FlopCounterMode does not count FFTs, and ``impl="auto"`` would time both implementations
-    (under the counter) before choosing one: neither belongs in a count of the architecture.
-    """
-    from lk_segment.ops import DepthwiseConv2d
-
-    impls = [(module, module.impl) for module in model.modules() if isinstance(module, DepthwiseConv2d)]
-    for module, _ in impls:
-        module.impl = "native"
-    try:
-        yield
-    finally:
-        for module, impl in impls:
-            module.impl = impl
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside, then every submodule back in the mode it had (a frozen norm stays frozen)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _in_chs(model: nn.Module) -> int:

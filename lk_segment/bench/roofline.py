@@ -86,7 +86,7 @@ def roofline_of(cost: StepCost, setting: str, measured_ms: float, peaks: Peaks) 
 def step_cost(model: torch.nn.Module, images_shape: tuple[int, ...], loss: Callable) -> StepCost:
     """The cost of one training step of ``model`` (left as it is: it runs on meta copies of its
     parameters and buffers) on a batch of ``images_shape``, ``loss(logits, masks)``."""
-    from lk_segment.analysis.flops import native_depthwise
+    from lk_segment.ops import native_depthwise
 
     meta = {name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
             for name, t in chain(model.named_parameters(), model.named_buffers())}

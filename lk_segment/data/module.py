@@ -17,7 +17,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, RandomSampler, get_worker_info
 
 from lk_segment.config import DataConfig, training_size
-from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, split_by_car
+from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, read_image, split_by_car
 from lk_segment.data.normalize import Normalize
 from lk_segment.data.synthetic import generate
 from lk_segment.errors import UserError
@@ -42,6 +42,27 @@ def default_root(cars: int) -> Path:
             shutil.rmtree(root, ignore_errors=True)  # an unfinished copy
             tmp.rename(root)
     return root
+
+
+def validation_photos(cfg: DataConfig, size_multiple: int, count: int) -> torch.Tensor:
+    """``count`` validation photos of the split ``cfg`` describes, spread over its cars, at its training size and
+    normalised as the model sees them: (N, 3, H, W) float. The short way in for code that needs a few photos
+    (the ERF): decoded from their files by the cache's own decoder, so the same pixels, with no cache built."""
+    root = Path(cfg.root) if cfg.root is not None else default_root(cfg.synthetic_cars)
+    if not root.is_dir():
+        raise UserError(f"data root {str(root)!r} does not exist: pass data.root=<Kaggle-layout folder>")
+    samples, bad = find_samples(root)
+    samples = samples[: cfg.limit_images] if cfg.limit_images else samples
+    _, val = split_by_car(samples, cfg.val_fraction, cfg.split_seed, cfg.folds, cfg.fold)
+    unusable = {b.path for b in bad}
+    val = [s for s in val if s.image not in unusable]
+    if not val:
+        raise UserError(f"data root {str(root)!r} has no validation photo in this split")
+    # Evenly spaced: the first N would all be views of the same one or two cars.
+    picks = np.unique(np.linspace(0, len(val) - 1, min(count, len(val))).round().astype(int))
+    size = training_size(cfg.height, cfg.width, size_multiple)
+    images = np.stack([read_image(val[int(i)].image, size) for i in picks])
+    return _NORMALIZE(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
 
 
 def train_augmentation(seed: int = 0) -> A.Compose:

@@ -15,6 +15,9 @@ tests/test_ops.py checks float32 relative error < 1e-5, forward and backward, pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -157,3 +160,20 @@ class DepthwiseConv2d(nn.Conv2d):
         if torch.compiler.is_compiling():
             return _CHOICES.get(_shape_key(x, self.weight, backward), "native")
         return choose_dw_impl(x, self.weight, backward)
+
+
+@contextmanager
+def native_depthwise(model: nn.Module) -> Iterator[None]:
+    """Run every ``lk_segment.ops.DepthwiseConv2d`` natively inside, then give back its ``impl``.
+
+    FlopCounterMode does not count FFTs, and ``impl="auto"`` would time both implementations
+    (under the counter) before choosing one: neither belongs in a count of the architecture.
+    """
+    impls = [(module, module.impl) for module in model.modules() if isinstance(module, DepthwiseConv2d)]
+    for module, _ in impls:
+        module.impl = "native"
+    try:
+        yield
+    finally:
+        for module, impl in impls:
+            module.impl = impl
