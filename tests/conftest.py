@@ -116,7 +116,7 @@ def tiny_overrides(root: Path, *extra: str) -> list[str]:
         f"data.root={root}", "data.height=64", "data.batch_size=8", "data.augment=false",
         "model.width=4", "model.depth=3", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
         "experiment=test",
-        "tracking.log_model=false",  # a few seconds a run; tests/test_mlflow_model.py logs and serves one
+        "tracking.log_model=false",  # a few seconds a run; tests/tracking/test_mlflow_model.py logs and serves one
         *extra,
     ]
 
@@ -160,13 +160,13 @@ requires_carvana = pytest.mark.skipif(
 def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     """A finished comparison (3x3 and 1x5, 2 seeds, 1 epoch each) in its own folder and store.
 
-    Shared, read-only, by tests/test_compare.py and tests/test_browser.py: four trainings, run
+    Shared, read-only, by tests/comparison/test_compare.py and tests/tracking/test_browser.py: four trainings, run
     once, two at a time (the one-training-per-GPU scheduler, here on CPU).
     """
     from lk_segment.comparison.sweep import compare
 
     work = tmp_path_factory.mktemp("comparison")
-    # with their MLflow models: the sweep registers them (tests/test_registry.py)
+    # with their MLflow models: the sweep registers them (tests/tracking/test_registry.py)
     # system metrics sampled each second: a tiny training lasts less than the default interval
     extra = ("tracking.log_model=true", "tracking.system_metrics_interval_s=1")
     overrides = [o for o in tiny_overrides(tiny_root, *extra) if not o.startswith("experiment=")]

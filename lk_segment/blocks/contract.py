@@ -32,7 +32,7 @@ class Block(Protocol):
     description: ClassVar[str]
     #: The parameter count for C_in -> C_out as the README shows it: numbers and symbols joined by
     #: "·" (or side by side: "2k"), "²", "+", "−", "/" and parentheses, optionally ending in a
-    #: "(note)". tests/test_blocks.py checks it against the built block, so the README's formula
+    #: "(note)". tests/model/test_blocks.py checks it against the built block, so the README's formula
     #: cannot drift from the code.
     params_formula: ClassVar[str]
     #: What each symbol of ``params_formula`` other than C_in and C_out stands for: the name of an

@@ -208,7 +208,7 @@ class Check:
         results: dict = {"mode": self.mode, "environment": self.inline("environment", environment)}
         # the cuda tests' own file: collecting every test file would import what only CI installs (selenium)
         tests = self.run("cuda-tests", [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                                        str(ROOT / "tests" / "test_cuda.py")], "tests", cwd=ROOT)
+                                        str(ROOT / "tests" / "training" / "test_cuda.py")], "tests", cwd=ROOT)
         results["cuda_tests"] = pytest_counts(Path(tests["log"]).read_text(errors="replace"))
         root = self.work / "carvana"
         self.inline("data", lambda: make_data(root, self.sizes))

@@ -10,7 +10,7 @@ median (``choose_dw_impl``).
 The FFT grid is padded to the next size whose only prime factors are 2, 3, 5 and 7, which
 cuFFT and pocketfft transform fast (H + K - 1 = 1036 at 1024 + 13 - 1 is 4 * 7 * 37: 1050).
 Both compute the same function (zero padding, "same" output size, odd K, stride 1):
-tests/test_ops.py checks float32 relative error < 1e-5, forward and backward, padded or not.
+tests/model/test_depthwise_paths.py checks float32 relative error < 1e-5, forward and backward, padded or not.
 """
 
 from __future__ import annotations

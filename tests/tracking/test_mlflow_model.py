@@ -77,7 +77,7 @@ def test_the_model_predicts_in_a_fresh_process_from_its_own_code(logged, tmp_pat
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     source = Path(out.stdout.strip().splitlines()[-1])
-    assert Path(__file__).resolve().parents[1] not in source.parents  # the model's copy, not this checkout
+    assert Path(__file__).resolve().parents[2] not in source.parents  # the model's copy, not this checkout
     mask = np.load(tmp_path / "mask.npy")
     expected = Predictor(load_system(result["best_checkpoint"])).predict(read_rgb(photo.image))
     assert mask.shape == (1, *expected.shape) and mask.dtype == np.uint8

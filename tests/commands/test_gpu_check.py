@@ -20,7 +20,7 @@ from lk_segment.bench.loader import BATCHES_PER_WORKER, steady_images_per_s, ste
 from lk_segment.commands import gpu_check
 from lk_segment.data.module import CarvanaDataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

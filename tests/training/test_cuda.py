@@ -31,7 +31,7 @@ from lk_segment.training.checkpointing import load_system
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.cuda
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

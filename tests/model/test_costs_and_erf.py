@@ -16,7 +16,7 @@ from lk_segment.analysis.variants import format_table, readme_table, replace_rea
 from lk_segment.commands.cli import main
 from lk_segment.config import available_variants
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _support(erf: np.ndarray) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from lk_segment.errors import UserError
 from lk_segment.tracking import prepare_store
 from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_PASSWORD = "correct-horse-battery"
 
 

@@ -56,7 +56,7 @@ print(memory.peak_mb, whole.peak_mb)
 @pytest.mark.slow
 def test_peak_memory_is_reset_between_warmup_and_timed_repeats():
     out = subprocess.run([sys.executable, "-c", PEAK_RESET], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
     if out == ["untuned"]:
         pytest.skip("glibc only: elsewhere malloc is not tuned and gives freed memory back itself")
     timed_mb, whole_mb = map(float, out)

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import store_uri, tiny_overrides
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TOY_MODULE = '''
 from torch import nn
@@ -77,7 +77,7 @@ def test_a_toy_variant_added_in_one_module_and_one_file(project, tiny_root):
     assert "toy" in [line.split()[0] for line in listed.splitlines()[2:]]
 
     # The registry-wide block tests pick it up: forward, backward, memory format, its params_formula.
-    tests = _run(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_blocks.py", "-k", "toy")
+    tests = _run(project, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/model/test_blocks.py", "-k", "toy")
     assert "6 passed" in tests.stdout, tests.stdout[-2000:]
 
     overrides = tiny_overrides(tiny_root, "data.limit_images=32", "data.batch_size=16")  # 1 training batch

@@ -178,7 +178,7 @@ def test_the_declared_requirements_cover_every_distribution_the_load_path_import
         return {m for m in modules if owners.get(m) and not {norm(d) for d in owners[m]} & (by | {"lk-segment"})}
 
     ours = [f for name, f in files.items() if name.startswith("lk_segment") and f]
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     assert ours and not any(checkout in Path(f).parents for f in ours)  # the model's own copy of the code
     direct = set()  # what lk_segment's loaded modules import at their top level
     for f in ours:

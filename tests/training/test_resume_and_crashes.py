@@ -1,7 +1,7 @@
 """Hardening: a killed training resumes in the same MLflow run, runs never stay RUNNING after
 a crash, checkpoints are written atomically and loaded safely, a NaN loss stops the run.
 
-Bad input, secrets and concurrent runs are in tests/test_bad_input.py and tests/test_load.py.
+Bad input, secrets and concurrent runs are in tests/training/test_bad_input.py and tests/tracking/test_shared_store.py.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _overrides(root: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 240) -> None:

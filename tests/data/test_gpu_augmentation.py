@@ -1,4 +1,4 @@
-"""The kornia batch augmentation of data.augment_on=gpu, here on the CPU (tests/test_cuda.py runs it on a GPU):
+"""The kornia batch augmentation of data.augment_on=gpu, here on the CPU (tests/training/test_cuda.py runs it on a GPU):
 the CPU path's transforms and ranges, its own generator (seed + rank), black and background fill."""
 
 from __future__ import annotations

@@ -36,10 +36,11 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("gi
 EXEMPT = {
     "test": "the suite itself: CI runs `make test`",
     "test-fast": "a subset of the suite (pytest -m 'not slow'), which `make test` runs whole",
-    "install": "CI's set-up step and every target's first step (.venv/.installed); tests/test_install.py "
-               "builds a venv through it with -C and its own VENV=",
-    "server": "not yet started as typed: tests/test_server_auth.py checks the command it runs (make -n server) "
-              "and tests/test_server.py starts that server itself; its as-typed start is still to be written",
+    "install": "CI's set-up step and every target's first step (.venv/.installed); "
+               "tests/commands/test_install.py builds a venv through it with -C and its own VENV=",
+    "server": "not yet started as typed: tests/tracking/test_server_auth.py checks the command it runs "
+              "(make -n server) and tests/tracking/test_server.py starts that server itself; its as-typed start is "
+              "still to be written",
 }
 MAKE_CALL = re.compile(r'\[\s*"make",\s*"([a-z][a-z-]*)"')  # ["make", "<target>", ...]: a target run as typed
 
@@ -260,7 +261,7 @@ def test_every_readme_command_is_run_through_make_by_a_test():
     makefile_targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(), re.MULTILINE))
     shown = readme_targets()
     assert shown <= makefile_targets, f"README.md shows targets the Makefile lacks: {sorted(shown - makefile_targets)}"
-    tested = {target for path in (REPO / "tests").glob("test_*.py") for target in MAKE_CALL.findall(path.read_text())}
+    tested = {target for path in (REPO / "tests").rglob("test_*.py") for target in MAKE_CALL.findall(path.read_text())}
     assert "train" in tested and "study" in tested  # the pattern finds this module's own calls
     untested = shown - tested - set(EXEMPT)
     assert not untested, f"README.md shows `make {'`, `make '.join(sorted(untested))}` but no test runs it as typed"

@@ -42,7 +42,7 @@ def _search(url: str) -> str:
 @pytest.mark.slow
 def test_two_trainings_at_once_on_one_store_while_the_ui_serves_it(tiny_root, workdir):
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                            "--default-artifact-root", str(workdir / "mlruns" / "artifacts"),

@@ -22,7 +22,7 @@ from lk_segment.config import load_config
 from lk_segment.tracking import redact
 from tests.conftest import free_port, store_uri, tiny_overrides, use_working_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRETS = {"MLFLOW_TRACKING_PASSWORD": "hunter2-pw", "AWS_SECRET_ACCESS_KEY": "aws-s3cr3t-key",
            "HF_TOKEN": "hf_t0ken_value", "DATABASE_URL": "postgresql://bob:db-passw0rd@db.example/x"}
 
@@ -166,7 +166,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_roo
 
 @pytest.mark.slow
 def test_debug_shows_the_traceback(workdir):
-    # (without --debug, the same command's one line and exit 2: tests/test_train.py, in a subprocess too)
+    # (without --debug, the same command's one line and exit 2: tests/training/test_train.py, in a subprocess too)
     argv = [sys.executable, "-m", "lk_segment", "--debug", "train", "data.root=no/such/folder"]
     loud = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UserError: data root" in loud.stderr

@@ -106,11 +106,11 @@ def test_make_ui_as_typed_opens_the_newest_experiment_of_the_store_the_user_name
 
 
 def test_a_run_killed_on_one_machine_resumes_on_another_through_the_server(server, tiny_root, tmp_path_factory):
-    from tests.test_hardening import EPOCH_METRICS, STOPPING_TRAINING, _overrides, _wait_for
+    from tests.training.test_resume_and_crashes import EPOCH_METRICS, STOPPING_TRAINING, _overrides, _wait_for
 
     url, _ = server
     env = {**os.environ, "MLFLOW_TRACKING_URI": url,
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     overrides = _overrides(tiny_root, "trainer.max_epochs=2", "experiment=multi")
     first, second = tmp_path_factory.mktemp("machine_a"), tmp_path_factory.mktemp("machine_b")
     proc = subprocess.Popen([sys.executable, "-c", STOPPING_TRAINING, "sigkill", *overrides], cwd=first, env=env,

@@ -1,0 +1,1 @@
+"""make bench: the bench's measurements and its roofline."""

@@ -1,0 +1,1 @@
+"""make compare and make study: the sweep, the statistics, the reports."""
