@@ -22,7 +22,7 @@ class DepthwiseSeparableBlock(nn.Sequential):
     params_formula = "k²·C_in + C_in·C_out + 2·C_in + 2·C_out"
     formula_symbols = {"k": "kernel_size"}
 
-    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 5,
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 7,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
         k = (kernel_size, kernel_size)
         super().__init__(

@@ -75,8 +75,10 @@ class InterpolatedKernelBlock(nn.Sequential):
     params_formula = "n²·C_in·C_out + 2·C_out"
     formula_symbols = {"n": "control_points"}
 
-    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 9, control_points: int = 3,
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 7, control_points: int | None = None,
                  positions: Sequence[int] | None = None, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU):
+        # the variant's 4 x 4 grid by default (configs/variant/interp.yaml), as many as the kernel has if fewer
+        control_points = min(4, kernel_size) if control_points is None else control_points
         positions = list(positions) if positions else control_positions(kernel_size, control_points)
         super().__init__(InterpolatedConv2d(in_chs, out_chs, kernel_size, positions), norm_layer(out_chs),
                          act_layer(inplace=True))

@@ -69,9 +69,11 @@ class RepLKBlock(nn.Module):
     params_formula = "C_in·C_out + 2·C_out² + (K² + k²)·C_out + 10·C_out (C_in ≠ C_out)"
     formula_symbols = {"K": "kernel_size", "k": "small_kernel"}
 
-    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 13, small_kernel: int = 3,
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int = 13, small_kernel: int | None = None,
                  norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU, dw_impl: str = "auto"):
         super().__init__()
+        # the variant's 5 x 5 beside the large kernel by default (configs/variant/replk.yaml), never larger than it
+        small_kernel = min(5, kernel_size) if small_kernel is None else small_kernel
         one = (1, 1)
         self.proj = (conv_bn_act(in_chs, out_chs, one, norm_layer=norm_layer, act_layer=act_layer)
                      if in_chs != out_chs else nn.Identity())

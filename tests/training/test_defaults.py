@@ -21,7 +21,7 @@ def depthwise_kernels(model: nn.Module) -> set[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("variant,overrides,kernel", [
-    (None, ["model.block=dws"], (5, 5)),  # no variant file: the block's own default
+    (None, ["model.block=dws"], (7, 7)),  # no variant file: the block's own default, the variant's k
     ("dws", [], (7, 7)),  # the variant file's k
     ("dws", ["model.kernel_size=3"], (3, 3)),  # the command line's
 ])
