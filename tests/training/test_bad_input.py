@@ -220,9 +220,12 @@ def test_make_ui_binds_localhost_unless_host_is_given():
                              timeout=60).stdout
         return out[out.index("lk-segment ui"):]  # the command (make -n prints it, runs nothing)
 
+    from lk_segment.commands.cli import build_parser
+
     for target in ("ui", "server"):
-        assert "--host 127.0.0.1" in ui_line(target)
+        assert "--host" not in ui_line(target)  # unset, the command's own default: this machine only
         assert "--host 0.0.0.0" in ui_line(target, "HOST=0.0.0.0")
+    assert build_parser().parse_args(["ui"]).host == "127.0.0.1"
     assert "--server" in ui_line("server") and "--server" not in ui_line("ui")
 
 
