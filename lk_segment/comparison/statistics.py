@@ -3,7 +3,9 @@
 - ``car_bootstrap``: the difference in mean per-image Dice between two variants scored on the
   same photos, with a confidence interval from a bootstrap that resamples *cars*: a car's 16
   views share its shape, colour and background, so they are not 16 independent trials.
-- ``verdict``: "better", "worse" or "no detectable difference", from that interval alone.
+- ``verdict``: "better", "worse" or "no detectable difference", from that interval alone;
+  ``family_confidence``: the level at which each of m intervals must be read for all m verdicts to hold
+  together (Bonferroni).
 - ``flattened``: has a Dice curve stopped climbing (the gain over its last quarter of epochs)?
 - ``value_at``: a curve read at a given cumulative training time ("Dice at equal time").
 - ``median_curve``, ``mean_std``: summaries over folds or seeds.
@@ -46,6 +48,12 @@ def verdict(low: float, high: float) -> str:
     if high < 0:
         return "worse"
     return "no detectable difference"
+
+
+def family_confidence(confidence: float, comparisons: int) -> float:
+    """Bonferroni: each of ``comparisons`` intervals at this level, and the chance that any of them misses is at
+    most 1 - ``confidence`` (0.95 over 8 comparisons: 99.375% each)."""
+    return 1 - (1 - confidence) / max(1, comparisons)
 
 
 def car_bootstrap(reference: np.ndarray, variant: np.ndarray, cars: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,

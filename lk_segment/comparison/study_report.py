@@ -36,6 +36,7 @@ class VariantResult:
     runs: list[RunRecord]  # one per fold
     photos: dict[str, tuple[str, float]]  # every validated photo -> (car, full-resolution Dice)
     difference: st.Difference | None  # against the reference (None for the reference itself)
+    family: st.Difference | None = None  # the same at the Bonferroni level of all the study's comparisons
     curve_times: list[float] = field(default_factory=list)  # median over clean folds on the study's machine
     curve_dice: list[float] = field(default_factory=list)  # median val/dice over folds, per epoch
     clean: list[RunRecord] = field(default_factory=list)  # runs that had the machine to themselves
@@ -76,18 +77,21 @@ def results(study, records: list[RunRecord]) -> dict[str, VariantResult]:
     by_variant = {v: sorted((r for r in records if r.variant == v), key=lambda r: r.fold or 0) for v in study.variants}
     photos = {v: {p: s for r in runs for p, s in r.photo_scores.items()} for v, runs in by_variant.items()}
     out = {}
+    compared = [v for v, runs in by_variant.items() if runs and v != study.reference and photos[v]]
+    family_level = st.family_confidence(study.confidence, len(compared))
     for variant, runs in by_variant.items():
         if not runs:
             continue
-        difference = None
-        if variant != study.reference and photos[variant] and photos.get(study.reference):
-            difference = st.difference(study.reference, photos[study.reference], variant, photos[variant],
-                                       resamples=study.resamples, confidence=study.confidence)
+        difference = family = None
+        if variant in compared and photos.get(study.reference):
+            difference, family = (st.difference(study.reference, photos[study.reference], variant, photos[variant],
+                                                resamples=study.resamples, confidence=level)
+                                  for level in (study.confidence, family_level))
         clean = [r for r in runs if shared_machine(r) is None]
         timed = [r for r in clean if r.machine == machine]
         length = min(len(r.curves[names.VAL_DICE]) for r in runs)
         out[variant] = VariantResult(
-            variant, runs, photos[variant], difference,
+            variant, runs, photos[variant], difference, family,
             curve_times=st.median_curve([r.curves[names.TRAIN_TIME_CUM][:length] for r in timed]) if timed else [],
             curve_dice=st.median_curve([r.curves[names.VAL_DICE][:length] for r in runs]), clean=clean)
     return out
@@ -129,6 +133,12 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     for label, items in groups.items():
         if items:
             parts.append(f"{label}: {'; '.join(items)}.")
+    family = [r.family for r in found.values() if r.family is not None]
+    if family:
+        held = [f"{d.variant} {d.verdict}" for d in family if d.verdict != "no detectable difference"]
+        parts.append(f"Read together, as {len(family)} comparisons at once (Bonferroni: each interval at "
+                     f"{family[0].confidence:.2%}), the verdicts that still hold: "
+                     f"{', '.join(held) if held else 'none'}.")
     not_worse = [v for v, r in found.items() if v == study.reference or (r.difference and r.difference.verdict !=
                                                                          "worse")]
     if steps and all(v in steps for v in not_worse):
@@ -150,9 +160,8 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     if missing:
         parts.append(f"Incomplete: {', '.join(missing)}; their photos are fewer, and `make study` again trains "
                      "what is missing.")
-    parts.append(f"The intervals are per comparison ({len(found) - 1} against one reference, no correction for "
-                 "multiple comparisons) and cover the sampling of cars, not a change of training seed beyond the "
-                 "one each fold used.")
+    parts.append("The intervals cover the sampling of cars, not a change of training seed beyond the one each "
+                 "fold used.")
     return " ".join(parts)
 
 
@@ -190,13 +199,14 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
     with open(out_dir / "variants.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["variant", "folds", "photos", "cars", "mean_dice_full", "diff_vs_reference", "ci_low",
-                         "ci_high", "verdict", "last_quarter_gain", "params", "gflops", "clean_runs",
-                         "epoch_time_s", "train_time_s", "step_ms_in_turns"])
+                         "ci_high", "verdict", "family_ci_low", "family_ci_high", "family_verdict", "last_quarter_gain",
+                         "params", "gflops", "clean_runs", "epoch_time_s", "train_time_s", "step_ms_in_turns"])
         for v, r in found.items():
             d = r.difference
             writer.writerow([v, len(r.runs), len(r.photos), len({c for c, _ in r.photos.values()}), r.mean_dice,
                              d.diff if d else "", d.low if d else "", d.high if d else "", d.verdict if d else
-                             "reference", r.gain, r.runs[0].params.get(names.MODEL_PARAMS),
+                             "reference", *((r.family.low, r.family.high, r.family.verdict) if r.family else ("",) * 3),
+                             r.gain, r.runs[0].params.get(names.MODEL_PARAMS),
                              r.runs[0].params.get(names.MODEL_GFLOPS), len(r.clean),
                              median([c.epoch_time_s for c in r.clean]),
                              median([c.curves[names.TRAIN_TIME_CUM][-1] for c in r.clean
@@ -247,14 +257,16 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
               f"took {wall / 60:.0f} min of wall time in all (budget {study.budget_minutes:.0f} min).", ""]
     # accuracy
     header = ["variant", "photos (cars)", "mean full-res Dice", f"minus {study.reference} [{study.confidence:.0%} CI]",
-              "verdict", "best val/dice (median over folds)", "last-quarter gain", "flattened"]
+              "verdict", "all at once (Bonferroni)", "best val/dice (median over folds)", "last-quarter gain",
+              "flattened"]
     rows = []
     for v, r in found.items():
         d = r.difference
         cars = len({c for c, _ in r.photos.values()})
         rows.append([v, f"{len(r.photos)} ({cars})", number(r.mean_dice, ",.4f"),
                      f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]" if d else "reference",
-                     d.verdict if d else "", number(max(r.curve_dice, default=math.nan), ",.4f"),
+                     d.verdict if d else "", r.family.verdict if r.family else "",
+                     number(max(r.curve_dice, default=math.nan), ",.4f"),
                      number(r.gain, "+.4f"),
                      "yes" if st.flattened(r.curve_dice) else "no"])
     lines += ["## Accuracy", "", *table(header, rows), "",
@@ -262,7 +274,9 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
               "each photo scored by the best checkpoint (by val/dice) of the fold model that did not train on its "
               f"car. The interval resamples cars ({study.resamples} resamples): a car's 16 views are not "
               "independent. Verdict: better or worse when the interval excludes 0, otherwise no detectable "
-              f"difference. Flattened: the median val/dice curve gained less than {st.FLAT_GAIN} over its last "
+              "difference; each comparison on its own. All at once: the verdict of the same bootstrap at the "
+              "Bonferroni level, which holds for every comparison of the table together. "
+              f"Flattened: the median val/dice curve gained less than {st.FLAT_GAIN} over its last "
               "quarter of epochs.", ""]
     # cost
     lines += ["## Cost", ""]

@@ -39,6 +39,18 @@ def test_a_shifted_copy_is_detected_and_its_shift_is_inside_the_interval(d):
     assert st.verdict(low, high) == ("better" if d > 0 else "worse")
 
 
+def test_the_family_level_widens_every_interval_so_that_all_hold_together():
+    assert st.family_confidence(0.95, 8) == pytest.approx(1 - 0.05 / 8)
+    assert st.family_confidence(0.95, 1) == pytest.approx(0.95) and st.family_confidence(0.95, 0) == 0.95
+    rng = np.random.default_rng(3)
+    cars = np.repeat(np.arange(24), 16)
+    ref = rng.normal(0.97, 0.01, cars.size)
+    var = ref + 0.001 + rng.normal(0, 0.002, cars.size)
+    _, low, high = st.car_bootstrap(ref, var, cars, confidence=0.95)
+    _, family_low, family_high = st.car_bootstrap(ref, var, cars, confidence=st.family_confidence(0.95, 8))
+    assert family_low < low < high < family_high
+
+
 def test_the_interval_resamples_cars_not_photos():
     """A car-level difference (one car much better, the rest equal) is not 16 independent wins: the car
     bootstrap's interval is wider than a photo bootstrap's would be, and here it covers 0."""

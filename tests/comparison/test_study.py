@@ -132,6 +132,7 @@ def test_a_tiny_study_reports_intervals_and_resumes(tiny_root, workdir, monkeypa
     assert main(["study", str(path), "--out", "report"]) == 0
     text = (workdir / "report" / "results.md").read_text()
     assert "## The answer" in text and "Against 3x3" in text and "make study STUDY=tiny_study" in text
+    assert "all at once (Bonferroni)" in text and "Read together, as" in text
     assert "| 1x5 | 64 (4) |" in text  # every photo of the 4 cars, each validated once
     assert "[95% CI]" in text and "## Time to accuracy" in text and "x 3x3" in text
     assert str(tiny_root) not in text  # the data by its variable, never a machine's path
