@@ -131,7 +131,7 @@ bench: $(STAMP) ## speed and memory vs a plain-PyTorch baseline: make bench BENC
 	$(BIN)/lk-segment bench $(if $(BENCH_OUT),--out "$(BENCH_OUT)") $(ARGS)
 
 # NO_VENV=1: run with $(PYTHON) as it is, no venv made or installed (a GPU machine whose python has
-# torch, the other packages made importable by PYTHONPATH; README "On a GPU machine").
+# torch, the other packages made importable by PYTHONPATH; docs/gpu.md).
 gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, bench, loader, predict) into gpu-check/ (no GPU: small CPU mode)
 	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.commands.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 

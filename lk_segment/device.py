@@ -54,7 +54,7 @@ def check_accelerator(accelerator: str) -> None:
     """``trainer.accelerator=gpu|cuda`` where torch sees no CUDA GPU stops here, never as a silent CPU run."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator} but this torch sees no CUDA GPU ({torch_build()}): "
-                        "use trainer.accelerator=cpu or auto, or see the README's 'On a GPU machine'")
+                        "use trainer.accelerator=cpu or auto, or see docs/gpu.md")
 
 
 # Lightning's strategies that fork the training processes: CUDA cannot be used in a forked child once the

@@ -10,7 +10,7 @@ FINISHED: an interrupted sweep resumes where it stopped.
 
 Each training runs in a fresh process: the runs then share no allocator state, warm caches
 or peak-memory counter (``perf/cpu_peak_rss_mb`` is the process's peak), and one crashed run
-does not end the sweep. With several GPUs, one training runs per GPU at a time (see README).
+does not end the sweep. With several GPUs, one training runs per GPU at a time (see docs/study.md).
 """
 
 from __future__ import annotations
