@@ -310,6 +310,12 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
     lines += ["Epoch and training time: median over the variant's clean runs (training batches only; the first "
               "epoch's start-up included in the total). Peak memory: the process's peak resident memory on a CPU, "
               "allocated memory on a GPU.", ""]
+    medians = [median([c.peak_mem_mb for c in r.clean]) for r in found.values() if r.clean]
+    peaks = {round(m) for m in medians if not math.isnan(m)}
+    if len(medians) > 1 and len(peaks) == 1:
+        lines += [f"The peak memory is the same for every variant ({peaks.pop():,} MB): it is the whole process's "
+                  "peak, set by what every run shares (the data, the full-resolution scoring), not by the model. "
+                  "The model's own figure is the bench's per-step peak (`make bench`).", ""]
     if flagged:
         lines += [f"Runs left out of the time columns ({len(flagged)}): they shared the machine.", ""]
         lines += [f"- {run.variant} fold {run.fold} (`{run.run_id}`): {why}" for run, why in flagged]
