@@ -314,7 +314,7 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
     peaks = {round(m) for m in medians if not math.isnan(m)}
     if len(medians) > 1 and len(peaks) == 1:
         lines += [f"The peak memory is the same for every variant ({peaks.pop():,} MB): it is the whole process's "
-                  "peak, set by what every run shares (the data, the full-resolution scoring), not by the model. "
+                  "peak, set by what every run does besides its model, not by the model. "
                   "The model's own figure is the bench's per-step peak (`make bench`).", ""]
     if flagged:
         lines += [f"Runs left out of the time columns ({len(flagged)}): they shared the machine.", ""]
