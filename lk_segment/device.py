@@ -93,6 +93,11 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if native_bf16("cpu") else "32"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS has one), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def environment(device: torch.device) -> dict:
     """What a measurement ran on, for its record: python, torch, CUDA and cuDNN, the device and its name, native
     bf16, the GPU's memory, the CPUs this process may use and torch's threads."""
@@ -101,5 +106,5 @@ def environment(device: torch.device) -> dict:
             "cudnn": torch.backends.cudnn.version() if cuda else None, "device": device.type,
             "device_name": device_name(device), "bf16": native_bf16(device.type),
             "gpu_memory_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1) if cuda else None,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus": usable_cpus(),
             "threads": torch.get_num_threads()}

@@ -42,7 +42,18 @@ class Stopwatch:
         self._start = self._mark()
 
     def stop(self) -> None:
-        self._intervals.append((self._start, self._mark()))
+        """Close the interval ``start()`` opened. Stopping again before the next ``start()`` moves the end of that
+        same interval (on CUDA its end event is recorded again): an epoch stopped after each batch is one
+        interval, ending with the last batch, and costs no event per batch."""
+        if self._start is not None:
+            self._intervals.append((self._start, self._mark()))
+            self._start = None
+        elif self._intervals:
+            start, end = self._intervals[-1]
+            if self.cuda:
+                end.record()
+            else:
+                self._intervals[-1] = (start, time.perf_counter())
 
     def _mark(self):
         if not self.cuda:

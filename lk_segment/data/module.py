@@ -20,6 +20,7 @@ from lk_segment.config import DataConfig, training_size
 from lk_segment.data.carvana import BadFile, DecodedCache, find_samples, read_image, split_by_car
 from lk_segment.data.normalize import Normalize
 from lk_segment.data.synthetic import generate
+from lk_segment.device import usable_cpus
 from lk_segment.errors import UserError
 from lk_segment.training.distributed import validation_sampler
 
@@ -49,13 +50,9 @@ def validation_photos(cfg: DataConfig, size_multiple: int, count: int) -> torch.
     normalised as the model sees them: (N, 3, H, W) float. The short way in for code that needs a few photos
     (the ERF): decoded from their files by the cache's own decoder, so the same pixels, with no cache built."""
     root = Path(cfg.root) if cfg.root is not None else default_root(cfg.synthetic_cars)
-    if not root.is_dir():
-        raise UserError(f"data root {str(root)!r} does not exist: pass data.root=<Kaggle-layout folder>")
-    samples, bad = find_samples(root)
+    samples, _ = find_samples(root)  # a missing or empty root stops here, in one line; bad files are not samples
     samples = samples[: cfg.limit_images] if cfg.limit_images else samples
     _, val = split_by_car(samples, cfg.val_fraction, cfg.split_seed, cfg.folds, cfg.fold)
-    unusable = {b.path for b in bad}
-    val = [s for s in val if s.image not in unusable]
     if not val:
         raise UserError(f"data root {str(root)!r} has no validation photo in this split")
     # Evenly spaced: the first N would all be views of the same one or two cars.
@@ -191,7 +188,7 @@ def default_num_workers(on_cuda: bool, devices_per_node: int = 1) -> int:
     """
     if not on_cuda:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     return max(1, min(MAX_WORKERS_PER_DEVICE, cores // max(1, devices_per_node) - 1))
 
 

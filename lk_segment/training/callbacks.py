@@ -103,7 +103,7 @@ class PerfMonitor(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         intervals = self.watch.seconds()  # on CUDA the epoch's one wait for the GPU
-        seconds = max(intervals[-1] if intervals else 0.0, 1e-9)  # the last batch's end: the epoch's time
+        seconds = max(intervals[0] if intervals else 0.0, 1e-9)  # one interval: start to the last batch's end
         share = self.share.stop()
         self.train_time_cum_s += seconds  # this rank's; logged as the max over ranks like the epoch's
         log = pl_module.log

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lk_segment.timing import PeakMemory, Timing, float32_mode, time_in_turns
+from lk_segment import timing
+from lk_segment.timing import PeakMemory, Stopwatch, Timing, float32_mode, time_in_turns
 
 CPU = torch.device("cpu")
 
@@ -20,6 +21,19 @@ def test_calls_take_turns_after_their_warmup():
                             device=CPU)
     assert calls == ["a", "b"] * 5  # two untimed turns, then 3 timed ones
     assert set(timings) == {"a", "b"} and all(len(t.samples_ms) == 3 for t in timings.values())
+
+
+def test_stopping_again_moves_the_end_of_the_same_interval(monkeypatch):
+    """PerfMonitor stops its epoch's watch after every batch: one interval, from the start to the last stop."""
+    clock = iter([0.0, 1.0, 3.0, 10.0, 12.0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    watch = Stopwatch(CPU)
+    watch.start()  # 0
+    watch.stop()  # 1
+    watch.stop()  # 3: the same interval, now 3 s
+    watch.start()  # 10
+    watch.stop()  # 12: a second interval
+    assert watch.seconds() == [3.0, 2.0]
 
 
 def test_timing_reports_the_median_of_its_repeats():
