@@ -45,9 +45,16 @@ class SystemMetrics(L.Callback):
         self.monitor.start()
 
     def _stop(self) -> None:
-        if self.monitor is not None:
-            self.monitor.finish()  # logs what it sampled last, before the run is ended
-            self.monitor = None
+        if self.monitor is None:
+            return
+        monitor, self.monitor = self.monitor, None
+        monitor.finish()  # stops the sampler and flushes what it published, before the run is ended
+        # MLflow's sampler drops the samples of its last, unfinished interval (all of them for a run shorter than
+        # one interval, which would then show no system metrics): publish them too.
+        leftover = monitor.aggregate_metrics()
+        if leftover:
+            monitor.publish_metrics(leftover)
+            monitor.mlflow_logger.flush()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop()
