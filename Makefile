@@ -23,7 +23,10 @@ HOST ?=
 AUTH ?=
 INSECURE ?=
 ALLOWED_HOSTS ?=
-SERVER_FLAGS = $(if $(AUTH),--auth) $(if $(INSECURE),--insecure) $(if $(ALLOWED_HOSTS),--allowed-hosts "$(ALLOWED_HOSTS)")
+# WORKERS: the server's processes (default 1 for make ui, 4 for make server)
+WORKERS ?=
+SERVER_FLAGS = $(if $(AUTH),--auth) $(if $(INSECURE),--insecure) $(if $(ALLOWED_HOSTS),--allowed-hosts "$(ALLOWED_HOSTS)") \
+	$(if $(WORKERS),--workers $(WORKERS))
 RUN ?=
 MODEL ?=
 NAME ?=
@@ -45,6 +48,8 @@ STUDY ?= cpu-sample
 STUDY_OUT ?=
 STUDY_MD ?=
 TEST_ARGS ?=
+# make test's pytest-xdist workers: auto, one per core (at most 4, tests/conftest.py); 0 runs the tests in this process
+TEST_WORKERS ?= auto
 # The store: every target reads MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db (lk_segment/tracking.py)
 
 .PHONY: help install train predict evaluate register ui server test test-fast lint variants readme-variants erf bench gpu-check clean
@@ -136,7 +141,7 @@ gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, b
 	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.commands.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
 test: $(STAMP) ## the whole test suite, before a commit (LK_CARVANA_ROOT for the real-data tests; TEST_ARGS="-p randomly" shuffles)
-	$(BIN)/python -m pytest $(TEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(TEST_ARGS)
 
 test-fast: $(STAMP) ## the tests that train nothing and start nothing, under a minute: while working
 	$(BIN)/python -m pytest -m "not slow" $(TEST_ARGS)

@@ -17,12 +17,19 @@ Data: ``tiny_root`` is a small synthetic Carvana (generated once per session);
 ``tiny_cfg(variant, ...)`` that config, loaded, in a ``workdir``;
 ``requires_carvana`` skips a test unless ``LK_CARVANA_ROOT`` names the real sample.
 ``tiny_comparison`` is one finished ``lk-segment compare`` (four trainings), read-only;
-``trained_run`` one finished tiny training, read-only, and ``trained_copy`` a copy of it to write to.
+``trained_run`` one finished tiny training, read-only, and ``trained_copy`` a copy of it to write to;
+``real_run`` one short training on the real photos, read-only.
+
+``make test`` runs the tests in pytest-xdist workers, one per core, whole modules to a worker (``--dist
+loadscope``: a module's fixtures are made once). The session fixtures above are made once for all workers
+(``made_once``: the first worker to need one makes it under a file lock, the others read it); each worker's
+torch, and what its tests start, run on its share of the cores.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -39,6 +46,10 @@ import pytest
 
 from lk_segment.config import load_config
 from lk_segment.data.synthetic import generate
+from lk_segment.device import usable_cpus
+
+MAX_WORKERS = 4  # make test's pytest-xdist workers: one per core, at most this many
+XDIST_WORKER: list[bool] = []  # [True] in a worker of pytest-xdist (set by pytest_configure)
 
 TINY_CARS = 4  # 4 cars x 16 views = 64 images
 TINY_SIZE = (240, 160)  # width, height of the generated photos (1/8 of Carvana's)
@@ -98,11 +109,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_configure(config) -> None:
+    """In a pytest-xdist worker: its share of the cores. torch in this process and every process a test starts
+    (make, lk-segment, mlflow) run that many threads, so that two workers do not fight over the same cores."""
+    worker = getattr(config, "workerinput", None)  # xdist gives its workers this, never the controller
+    XDIST_WORKER[:] = [worker is not None]
+    if worker is not None:
+        import torch
+
+        threads = max(1, usable_cpus() // int(worker["workercount"]))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (make test): a worker per core, at most ``MAX_WORKERS`` (each makes its own MLflow stores and
+    starts its own servers; beyond a few, they wait on each other's fixtures more than they gain)."""
+    return max(1, min(MAX_WORKERS, usable_cpus()))
+
+
+def made_once(tmp_path_factory, name: str, make):
+    """``make(folder)``'s result, made once per test session whatever the number of xdist workers: the first
+    worker to ask makes it in a folder shared by all of them, under a lock; the others wait, then read the
+    pickled result. Read-only, as every session fixture: a test that must change it works on a copy."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if XDIST_WORKER == [True]:
+        base = base.parent  # each worker's basetemp is a folder of the session's
+    folder, done = base / name, base / f"{name}.pickle"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            folder.mkdir()
+            done.write_bytes(pickle.dumps(make(folder)))
+    return pickle.loads(done.read_bytes())
+
+
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:
     """A small dataset in the Kaggle layout (train/, train_masks/), generated once per session."""
-    root = tmp_path_factory.mktemp("carvana_tiny")
-    return generate(root, cars=TINY_CARS, width=TINY_SIZE[0], height=TINY_SIZE[1], workers=1, progress=False)
+    return made_once(tmp_path_factory, "carvana_tiny", lambda root: generate(
+        root, cars=TINY_CARS, width=TINY_SIZE[0], height=TINY_SIZE[1], workers=1, progress=False))
 
 
 @pytest.fixture
@@ -131,12 +178,30 @@ def tiny_cfg(tiny_root, workdir):
     return make
 
 
+# The modules that take longest (the 2-core CPU's junit times: 60-150 s each, most of a second one's time spent
+# waiting on a module fixture), longest first. make test's workers take whole modules; these go out first, so that
+# no worker is left finishing one of them alone at the end. The other modules keep their (shuffled) order.
+LONG_MODULES = ["commands/test_sweep_commands.py", "commands/test_commands.py", "tracking/test_server.py",
+                "commands/test_gpu_check.py", "tracking/test_browser.py", "tracking/test_server_auth.py",
+                "comparison/test_compare.py", "tracking/test_mlflow_model.py", "tracking/test_shared_store.py"]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
 def pytest_collection_modifyitems(config, items):
-    """``@pytest.mark.cuda`` tests are skipped, saying why, where torch sees no CUDA GPU."""
+    """The long modules first, in LONG_MODULES's order; within a module, and among the others, the order is
+    kept (a stable sort). ``@pytest.mark.cuda`` tests are skipped, saying why, where torch sees no CUDA GPU."""
     import torch
 
     from lk_segment.device import torch_build
 
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+
+    def module(item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        name = path.relative_to(REPO / "tests").as_posix() if path.is_relative_to(REPO / "tests") else ""
+        return rank.get(name, len(LONG_MODULES))
+
+    items.sort(key=module)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: none seen ({torch_build()}); make gpu-check runs "
@@ -165,15 +230,19 @@ def tiny_comparison(tiny_root, tmp_path_factory) -> dict:
     """
     from lk_segment.comparison.sweep import compare
 
-    work = tmp_path_factory.mktemp("comparison")
     # with their MLflow models: the sweep registers them (tests/tracking/test_registry.py)
     # system metrics sampled each second: a tiny training lasts less than the default interval
     extra = ("tracking.log_model=true", "tracking.system_metrics_interval_s=1")
     overrides = [o for o in tiny_overrides(tiny_root, *extra) if not o.startswith("experiment=")]
-    with pytest.MonkeyPatch.context() as mp:
-        use_working_folder(mp, work)
-        result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report", workers=2)
-    return {"work": work, "uri": store_uri(work), "experiment": "tiny_compare", "overrides": overrides, **result}
+
+    def make(work: Path) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            use_working_folder(mp, work)
+            result = compare(["3x3", "1x5"], 2, overrides, experiment="tiny_compare", report_dir=work / "report",
+                             workers=2)
+        return {"work": work, "uri": store_uri(work), "experiment": "tiny_compare", "overrides": overrides, **result}
+
+    return made_once(tmp_path_factory, "comparison", make)
 
 
 def copy_work(src: Path, dst: Path) -> Path:
@@ -215,13 +284,39 @@ def trained_run(tiny_root, tmp_path_factory) -> dict:
     read-only, by the tests that only read a run; ``trained_copy`` for a test that writes to it."""
     from lk_segment.commands.train import train
 
-    work = tmp_path_factory.mktemp("trained")
     overrides = tiny_overrides(tiny_root, f"trainer.max_epochs={TRAINED_EPOCHS}", "model.width=8",
                                "trainer.full_res_eval_every=2")
-    with pytest.MonkeyPatch.context() as mp:
-        use_working_folder(mp, work)
-        result = train(load_config("5x5", overrides))
-    return {"result": result, "run_id": result["run_id"], "work": work, "uri": store_uri(work)}
+
+    def make(work: Path) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            use_working_folder(mp, work)
+            result = train(load_config("5x5", overrides))
+        return {"result": result, "run_id": result["run_id"], "work": work, "uri": store_uri(work)}
+
+    return made_once(tmp_path_factory, "trained", make)
+
+
+REAL_OVERRIDES = ["data.limit_images=96", "data.height=64", "model.width=8", "trainer.max_epochs=3",
+                  "trainer.enable_progress_bar=false", "experiment=test"]  # 6 cars of the real sample
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory) -> dict:
+    """One short training on real photos (3x3 on 6 cars of LK_CARVANA_ROOT, 3 epochs at 64 px, its MLflow model
+    logged) in its own folder and store, shared, read-only, by the tests that need a model of real cars."""
+    from lk_segment.commands.train import train
+
+    if carvana_root() is None:
+        pytest.skip("LK_CARVANA_ROOT is unset: point it at the real Carvana sample to run this test")
+    overrides = [f"data.root={carvana_root()}", *REAL_OVERRIDES]
+
+    def make(work: Path) -> dict:
+        with pytest.MonkeyPatch.context() as mp:
+            use_working_folder(mp, work)
+            result = train(load_config("3x3", overrides))
+        return {"result": result, "work": work, "uri": store_uri(work), "overrides": overrides}
+
+    return made_once(tmp_path_factory, "real", make)
 
 
 @pytest.fixture
@@ -235,11 +330,14 @@ def trained_copy(trained_run, tmp_path, monkeypatch):
 def start_ui(args: list[str], cwd: Path, port: int, cmd: list[str] | None = None,
              env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``lk-segment ui ARGS`` (or ``cmd``) in ``cwd``, once it answers; (process, the first line it printed).
+    A test's server answers with one process (``--workers 1``, the UI's default) unless ARGS say otherwise:
+    each of ``make server``'s four imports MLflow, seconds on a busy 2-core machine.
 
     Its output goes to a file, never a pipe: a pipe nobody reads fills up (64 KiB of access logs) and
     blocks the server. Both waits have a deadline."""
     env = env or {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlruns/mlflow.db"}
-    cmd = cmd or [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *args]
+    workers = [] if "--workers" in args else ["--workers", "1"]
+    cmd = cmd or [str(Path(sys.executable).with_name("lk-segment")), "ui", "--port", str(port), *workers, *args]
     log = tempfile.TemporaryFile("w+")  # closed with the process, by stop_ui
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

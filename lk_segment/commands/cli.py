@@ -70,6 +70,9 @@ def _register(args) -> None:
           f"make predict MODEL=models:/{args.name}{'@' + args.alias if args.alias else '/' + version} INPUT=...")
 
 
+SERVER_WORKERS = 4  # mlflow server's own default: several machines log at once; one user's UI needs one
+
+
 def _ui(args) -> None:
     """Print the page to open, then become ``mlflow server`` over the project's store (see ``server.py``)."""
     from lk_segment.commands.server import allowed_hosts, auth_environment, check_exposure
@@ -103,7 +106,8 @@ def _ui(args) -> None:
         print("  sign in as a user of mlruns/basic_auth.db (admin: created on the first start); clients set "
               "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD", flush=True)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port), "--allowed-hosts", hosts]
+           "--port", str(args.port), "--allowed-hosts", hosts,
+           "--workers", str(args.workers or (SERVER_WORKERS if args.server else 1))]
     if args.auth:
         cmd += ["--app-name", "basic-auth"]
     if args.server:  # artifacts go through the server: other machines need no access to this disk
@@ -282,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", action="store_true", help="MLflow's basic-auth app: users and passwords (the admin's "
                    "from MLFLOW_AUTH_ADMIN_PASSWORD on the first start); needed beyond loopback")
     p.add_argument("--insecure", action="store_true", help="listen beyond loopback without --auth (a trusted network)")
+    p.add_argument("--workers", type=int, help="server processes answering requests (default: 1 for the UI of one "
+                   f"user, {SERVER_WORKERS} with --server, MLflow's own default)")
     p.set_defaults(func=_ui)
 
     p = sub.add_parser("config", help="print the resolved config")

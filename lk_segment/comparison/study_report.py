@@ -166,12 +166,24 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
 
 
 def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str | Path | None = None) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The study's report from its MLflow records, written to ``out_dir`` and logged to its parent run."""
     from lk_segment.tracking import client
 
     parent, records = load_comparison(study.name, parent_id, role="study", photos=True)
+    report = render_study_report(study, parent, records, out_dir, markdown)
+    mlflow = client()
+    for path in [report["markdown"], *report["files"]]:
+        mlflow.log_artifact(parent.info.run_id, str(path), "report")
+    return report
+
+
+def render_study_report(study, parent, records: list[RunRecord], out_dir: str | Path,
+                        markdown: str | Path | None = None) -> dict:
+    """The Markdown, CSVs and plots of a study from its records and its parent run (its params and the bench's
+    step times in its metrics): files only, nothing read from or logged to MLflow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     steps = {v: parent.data.metrics[f"bench/step_ms/{v}"] for v in study.variants
              if f"bench/step_ms/{v}" in parent.data.metrics}
     found = results(study, records)
@@ -188,11 +200,9 @@ def write_study_report(study, parent_id: str, out_dir: str | Path, markdown: str
     write_csvs(study, found, steps, out_dir)
     text = study_markdown(study, parent, found, steps, groups, machine, plots, markdown)
     markdown.write_text(text)
-    mlflow = client()
-    for path in [markdown, out_dir / "variants.csv", out_dir / "runs.csv", *plots.values()]:
-        mlflow.log_artifact(parent.info.run_id, str(path), "report")
     return {"parent_run_id": parent.info.run_id, "markdown": markdown, "plots": plots, "results": found,
-            "answer": answer(study, found, steps), "csv": out_dir / "variants.csv"}
+            "answer": answer(study, found, steps), "csv": out_dir / "variants.csv",
+            "files": [out_dir / "variants.csv", out_dir / "runs.csv", *plots.values()]}
 
 
 def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], out_dir: Path) -> None:

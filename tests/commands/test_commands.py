@@ -5,7 +5,8 @@ tiny synthetic data (``data.root=``). No ``MLFLOW_TRACKING_URI`` is passed on: t
 the Makefile and the package default to.
 
 One copy serves the whole module, in the order a user goes: ``make train`` (the module fixture ``trained``),
-then predict, evaluate, register, erf on that run; compare and report; study; bench; the variants table. Each
+then predict, evaluate, register, erf on that run; the variants table (compare and report, study and bench:
+test_sweep_commands.py, with a copy of its own; both from tests/commands/conftest.py). Each
 test writes only its own outputs (its own folder, experiment or registered name) and reads only what the
 fixtures made, so the tests pass in any order (CI shuffles them).
 
@@ -16,7 +17,6 @@ fixtures made, so the tests pass in any order (CI shuffles them).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 import shutil
@@ -27,7 +27,7 @@ import cv2
 import pytest
 
 from lk_segment.config import available_variants
-from tests.conftest import REPO, copy_repository, store_client, store_uri, tiny_overrides
+from tests.conftest import REPO, tiny_overrides
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None,
                                 reason="needs make and git")
@@ -82,18 +82,6 @@ def tiny_args(root: Path, *extra: str) -> str:
     items = dict(o.split("=", 1) for o in tiny_overrides(root, "model.width=8", "model.depth=2", *extra))
     items.pop("experiment")
     return " ".join(f"{key}={value}" for key, value in items.items())
-
-
-@pytest.fixture(scope="module")
-def copy(tmp_path_factory) -> Path:
-    """One copy of the repository for the module (conftest's ``copy_repository``)."""
-    return copy_repository(tmp_path_factory.mktemp("commands") / "repo")
-
-
-@pytest.fixture(scope="module")
-def client(copy):
-    """A client of the copy's own store, the one its commands default to."""
-    return store_client(store_uri(copy))
 
 
 @pytest.fixture(scope="module")
@@ -187,54 +175,6 @@ def test_make_variants_lists_every_variant(copy):
     rows = [line.split() for line in output.splitlines() if line.split() and line.split()[0] in available_variants()]
     assert sorted(row[0] for row in rows) == available_variants()
     assert all(int(row[3].replace(",", "")) > 0 for row in rows)  # params
-
-
-@pytest.mark.slow
-def test_make_compare_then_make_report_from_mlflow_alone(copy, client, tiny_root):
-    make(copy, ["make", "compare", "VARIANTS=3x3 1x5", "SEEDS=1", f"ARGS={tiny_args(tiny_root)}"])
-    experiment = client.get_experiment_by_name("compare")  # EXPERIMENT=compare, the default
-    runs = client.search_runs([experiment.experiment_id])
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(runs) == 3 and sorted(r.data.tags["variant"] for r in children) == ["1x5", "3x3"]
-    assert all(r.info.status == "FINISHED" for r in children)
-    report = copy / "reports" / "compare"
-    assert (report / "results.md").is_file()
-
-    shutil.rmtree(report)
-    make(copy, ["make", "report", "EXPERIMENT=compare"])
-    with open(report / "results.csv", newline="") as f:
-        variants = {row["variant"] for row in csv.DictReader(f)}
-    assert variants == {"3x3", "1x5"} and (report / "results.md").is_file()
-
-
-@pytest.mark.slow
-def test_make_study_of_a_study_file_in_the_repository(copy, client, tiny_root):
-    """``make study STUDY=<file.yaml>`` (README: a study file kept anywhere), the smallest study there is."""
-    overrides = tiny_args(tiny_root).split()
-    (copy / "tiny-study.yaml").write_text(json.dumps({  # JSON is YAML
-        "name": "tiny_study", "variants": ["3x3", "1x5"], "reference": "3x3", "folds": 2, "data_root_env": "",
-        "overrides": overrides, "bench_turns": 1, "erf": False, "resamples": 200}))
-    make(copy, ["make", "study", "STUDY=tiny-study.yaml"])
-    experiment = client.get_experiment_by_name("tiny_study")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
-    assert {"bench/step_ms/3x3", "bench/step_ms/1x5"} <= set(parents[0].data.metrics)
-    assert (copy / "reports" / "study-tiny_study" / "results.md").is_file()  # its default --out
-
-
-@pytest.mark.slow
-def test_make_bench_writes_bench_json_and_an_mlflow_run(copy, client, tiny_root):
-    # the overrides first: --dw-shapes takes every word after it
-    args = (f"data.root={tiny_root} model.width=4 model.depth=2 --variants 3x3 --height 64 --steps 1 --warmup 1 "
-            "--pair-turns 1 --settings 32 --loader-images 32 --matmul-size 64 --copy-mb 4 --dw-kernels 3 "
-            "--dw-shapes 1x2x16x16")
-    make(copy, ["make", "bench", f"ARGS={args}"])
-    results = json.loads((copy / "bench.json").read_text())  # BENCH_OUT=bench.json
-    assert results["steps"]["3x3"]["project_32"]["step_ms"] > 0
-    (run,) = client.search_runs([client.get_experiment_by_name("bench").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.metrics["steps/3x3/ratio_32"] > 0
 
 
 @pytest.mark.slow

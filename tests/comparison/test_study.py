@@ -8,20 +8,16 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import yaml
 
-from lk_segment.commands.cli import main
 from lk_segment.comparison.records import RunRecord
 from lk_segment.comparison.study import load_study
 from lk_segment.comparison.study_report import shared_machine
 from lk_segment.config import available_variants
 from lk_segment.data.carvana import list_samples, split_by_car
 from lk_segment.errors import UserError
-from lk_segment.tracking import PARENT_TAG
 from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
-from tests.conftest import store_client, tiny_overrides
 
 
 @pytest.mark.parametrize("folds", [2, 3, 4])
@@ -117,42 +113,30 @@ def test_a_cpu_hog_beside_a_training_flags_the_run(tiny_cfg):
     assert "other processes used" in shared_machine(run)
 
 
-@pytest.mark.slow
-def test_a_tiny_study_reports_intervals_and_resumes(tiny_root, workdir, monkeypatch, capsys):
-    monkeypatch.setenv("LK_TINY_STUDY_ROOT", str(tiny_root))
-    overrides = [o for o in tiny_overrides(tiny_root, "trainer.max_epochs=2") if not o.startswith(("data.root=",
-                                                                                                 "experiment="))]
-    # The flag is measured for real in the test above; here every run counts as clean whatever else this
-    # machine is doing, so that the time columns and the time to accuracy are drawn.
-    monkeypatch.setattr("lk_segment.comparison.study_report.SHARED_MACHINE_THRESHOLD", 1.0)
-    path = workdir / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"name": "tiny_study", "variants": ["3x3", "1x5"], "folds": 2,
-                                    "data_root_env": "LK_TINY_STUDY_ROOT", "overrides": overrides,
-                                    "bench_turns": 1, "erf": False, "resamples": 200}))
-    assert main(["study", str(path), "--out", "report"]) == 0
-    text = (workdir / "report" / "results.md").read_text()
+def test_the_study_report_from_its_runs_answers_with_intervals_costs_and_time_to_accuracy(tmp_path):
+    """The report as `make study` writes it, from runs made up as MLflow would give them (no training: the whole
+    command, trained and resumed, is tests/commands/test_commands.py's `make study`)."""
+    from types import SimpleNamespace
+
+    from lk_segment.comparison.study import StudyConfig
+    from lk_segment.comparison.study_report import render_study_report
+
+    study = StudyConfig(name="tiny_study", variants=["3x3", "5x5"], folds=2, resamples=300)
+    records = [made_run("3x3", 0), made_run("3x3", 1), made_run("5x5", 0, epoch_s=20.0, shift=0.01),
+               made_run("5x5", 1, others=0.5, epoch_s=20.0, shift=0.01)]  # 5x5's fold 1 shared the machine
+    parent = SimpleNamespace(info=SimpleNamespace(run_id="parent-id"), data=SimpleNamespace(
+        params={"study.overrides": "trainer.max_epochs=4", "bench.machine": "CPU X"},
+        metrics={"bench/step_ms/3x3": 100.0, "bench/step_ms/5x5": 250.0}))
+    report = render_study_report(study, parent, records, tmp_path / "report")
+    text = report["markdown"].read_text()
     assert "## The answer" in text and "Against 3x3" in text and "make study STUDY=tiny_study" in text
     assert "all at once (Bonferroni)" in text and "Read together, as" in text
-    assert "| 1x5 | 64 (4) |" in text  # every photo of the 4 cars, each validated once
-    assert "[95% CI]" in text and "## Time to accuracy" in text and "x 3x3" in text
-    assert str(tiny_root) not in text  # the data by its variable, never a machine's path
-    assert (workdir / "report" / "time_to_accuracy.png").stat().st_size > 0
-    runs = (workdir / "report" / "runs.csv").read_text().splitlines()
-    assert len(runs) == 1 + 4
-
-    client = store_client(f"sqlite:///{workdir}/mlruns/mlflow.db")
-    exp = client.get_experiment_by_name("tiny_study")
-    children = client.search_runs([exp.experiment_id], f"attributes.status = 'FINISHED' and tags.`{PARENT_TAG}` != ''")
-    assert sorted((r.data.tags["variant"], r.data.tags["fold"]) for r in children) == [
-        ("1x5", "0"), ("1x5", "1"), ("3x3", "0"), ("3x3", "1")]
-    killed = next(r for r in children if r.data.tags["variant"] == "1x5" and r.data.tags["fold"] == "1")
-    client.update_run(killed.info.run_id, status="RUNNING")  # as a killed study leaves it
-    capsys.readouterr()
-    assert main(["study", str(path), "--out", "report"]) == 0
-    out = capsys.readouterr().out
-    assert "3 already finished, 1 to train" in out and "clean step times already measured" in out
-    assert client.get_run(killed.info.run_id).info.status == "KILLED"
-    assert np.isfinite(float(client.get_run(children[0].data.tags[PARENT_TAG]).data.metrics["bench/step_ms/1x5"]))
+    assert "| 5x5 | 128 (8) |" in text  # every photo of the 8 cars, each validated once
+    assert "+0.0100 [+0.0100, +0.0100] | better |" in text  # a constant shift: the interval is the shift
+    assert "[95% CI]" in text and "## Time to accuracy" in text and "| 5x5 | 250 | 2.50 |" in text  # x 3x3
+    assert "Runs left out of the time columns (1)" in text and "5x5 fold 1 (`5x5-1`)" in text
+    assert (tmp_path / "report" / "time_to_accuracy.png").stat().st_size > 0
+    assert len((tmp_path / "report" / "runs.csv").read_text().splitlines()) == 1 + 4
 
 
 def made_run(variant: str, fold: int, machine: str = "CPU X", others: float = 0.01, epoch_s: float = 10.0,

@@ -40,9 +40,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def make_ui(tiny_comparison):
-    """``lk-segment ui`` (what ``make ui`` runs) over the comparison's store; yields the page it prints."""
+    """``lk-segment ui`` (what ``make ui`` runs) over the comparison's store, one for the module (the tests only
+    read it); yields the page it prints."""
     port = free_port()
     proc, first = start_ui(["--experiment", tiny_comparison["experiment"]], tiny_comparison["work"], port)
     try:
@@ -53,6 +54,7 @@ def make_ui(tiny_comparison):
 
 @pytest.fixture
 def browser():
+    """A fresh browser profile for each test (no view state a test before it left in local storage)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

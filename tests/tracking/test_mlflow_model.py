@@ -20,8 +20,6 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lk_segment.commands.train import train
-from lk_segment.config import load_config
 from lk_segment.data.carvana import find_samples, read_mask
 from lk_segment.inference import Predictor, read_rgb
 from lk_segment.training.checkpointing import load_system
@@ -32,34 +30,30 @@ pytestmark = [pytest.mark.slow, requires_carvana]
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
-    """(train() result, its store URI, one validation photo's sample) of a run trained on 6 real cars."""
-    work = tmp_path_factory.mktemp("logged")
-    uri = f"sqlite:///{work}/mlruns/mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(work)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        cfg = load_config("3x3", [f"data.root={carvana_root()}", "data.limit_images=96", "data.height=64",
-                                  "model.width=8", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
-                                  "experiment=test"])
-        result = train(cfg)
-        from lk_segment.data.module import CarvanaDataModule
-
-        dm = CarvanaDataModule(cfg.data, progress=False)
-        dm.setup("fit")
+def logged(real_run, tmp_path_factory):
+    """(train() result, its store URI, one validation photo's sample) of the session's run on 6 real cars."""
+    result = real_run["result"]
+    listed = MlflowClient(real_run["uri"]).download_artifacts(result["run_id"], "val_cars.txt",
+                                                              str(tmp_path_factory.mktemp("logged")))
+    val_cars = set(Path(listed).read_text().split())  # the cars the run validated on, as it logged them
     samples, _ = find_samples(carvana_root())
-    photo = next(s for s in samples if s.car in set(dm.val_cars))
-    return result, uri, photo
+    photo = next(s for s in samples if s.car in val_cars)
+    return result, real_run["uri"], photo
 
 
 def test_every_run_logs_its_model_with_a_signature(logged):
     result, uri, _ = logged
-    from mlflow.models import get_model_info
+    from mlflow.models import Model
 
-    info = get_model_info(f"runs:/{result['run_id']}/model")
+    client = MlflowClient(uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    # the run's one logged model, found through its own store: runs:/ and get_model_info would ask whatever store
+    # MLflow's process-wide tracking URI names (the last one a training in this process logged a model to)
+    (output,) = run.outputs.model_outputs
+    info = Model.load(client.get_logged_model(output.model_id).artifact_location)
     assert info.signature.inputs is None  # the model checks its input itself (serving.check_photos)
     assert info.signature.outputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
-    assert MlflowClient(uri).get_run(result["run_id"]).info.status == "FINISHED"
 
 
 def test_the_model_predicts_in_a_fresh_process_from_its_own_code(logged, tmp_path):

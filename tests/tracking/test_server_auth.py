@@ -62,6 +62,21 @@ def test_make_server_passes_auth_insecure_and_allowed_hosts():
     assert "--auth" in line("AUTH=1") and "--auth" not in line()
     assert "--insecure" in line("INSECURE=1") and "--insecure" not in line()
     assert '--allowed-hosts "a.example,b.example"' in line("ALLOWED_HOSTS=a.example,b.example")
+    assert "--workers 2" in line("WORKERS=2") and "--workers" not in line()
+
+
+@pytest.mark.parametrize(("argv", "workers"), [([], "1"), (["--server"], "4"), (["--workers", "3"], "3"),
+                                               (["--server", "--workers", "2"], "2")])
+def test_the_ui_runs_one_server_process_a_tracking_server_mlflows_four(argv, workers, workdir, monkeypatch, capsys):
+    """One user's UI needs one process (each imports MLflow: seconds to start, memory); a server for several
+    machines keeps MLflow's default. What is executed is read, not run."""
+    executed = []
+    monkeypatch.setattr("os.execv", lambda path, cmd: executed.append(cmd))
+    main(["ui", "--port", "5999", *argv])
+    (cmd,) = executed
+    assert cmd[1:4] == ["-m", "mlflow", "server"] and cmd[cmd.index("--workers") + 1] == workers
+    assert cmd[cmd.index("--port") + 1] == "5999"
+    assert "lk-segment: open http://127.0.0.1:5999" in capsys.readouterr().out
 
 
 def _status(url: str, user: str | None = None, password: str | None = None) -> tuple[int, str]:
