@@ -141,7 +141,7 @@ gpu-check: $(if $(NO_VENV),,$(STAMP)) ## prove the GPU path (tests, trainings, b
 	$(if $(NO_VENV),$(PYTHON),$(BIN)/python) -m lk_segment.commands.gpu_check --out "$(GPU_CHECK_OUT)" $(ARGS)
 
 test: $(STAMP) ## the whole test suite, before a commit (LK_CARVANA_ROOT for the real-data tests; TEST_ARGS="-p randomly" shuffles)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(TEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(TEST_ARGS)
 
 test-fast: $(STAMP) ## the tests that train nothing and start nothing, under a minute: while working
 	$(BIN)/python -m pytest -m "not slow" $(TEST_ARGS)

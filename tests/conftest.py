@@ -180,10 +180,11 @@ def tiny_cfg(tiny_root, workdir):
 
 # The modules that take longest (the 2-core CPU's junit times: 60-150 s each, most of a second one's time spent
 # waiting on a module fixture), longest first. make test's workers take whole modules; these go out first, so that
-# no worker is left finishing one of them alone at the end. The other modules keep their (shuffled) order.
-LONG_MODULES = ["commands/test_sweep_commands.py", "commands/test_commands.py", "tracking/test_server.py",
-                "commands/test_gpu_check.py", "tracking/test_browser.py", "tracking/test_server_auth.py",
-                "comparison/test_compare.py", "tracking/test_mlflow_model.py", "tracking/test_shared_store.py"]
+# no worker is left finishing one of them alone at the end (make test passes --no-loadscope-reorder: xdist would
+# otherwise send the modules with most tests first). The other modules keep their (shuffled) order.
+LONG_MODULES = ["commands/test_sweep_commands.py", "commands/test_commands.py", "comparison/test_compare.py",
+                "tracking/test_server.py", "commands/test_gpu_check.py", "tracking/test_server_auth.py",
+                "tracking/test_browser.py", "tracking/test_mlflow_model.py", "tracking/test_shared_store.py"]
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle

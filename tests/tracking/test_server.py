@@ -19,18 +19,21 @@ from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
 from lk_segment.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, VIEW_KEY, VIEW_TAG, prepare_store
-from tests.conftest import free_port, start_ui, stop_ui, tiny_overrides
+from tests.conftest import copy_repository, free_port, start_ui, stop_ui, tiny_overrides
 
 pytestmark = pytest.mark.slow  # each test starts an MLflow server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`make server` on a free port in a fresh folder, one for the module (a start takes seconds); yields (url,
-    folder). Each test logs to an experiment of its own and reads only that one."""
-    served = tmp_path_factory.mktemp("served")
+    """`make server PORT=<port>` as a user types it, from the root of a copy of the repository, over the copy's
+    default store; one for the module (a start takes seconds); yields (url, the copy's folder). Each test logs to
+    an experiment of its own and reads only that one."""
+    served = copy_repository(tmp_path_factory.mktemp("served") / "repo")
     port = free_port()
-    proc, _ = start_ui(["--server"], served, port)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MAKEFLAGS", "MAKELEVEL")}
+    proc, first = start_ui([], served, port, cmd=["make", "server", f"PORT={port}"], env=env)
+    assert first.startswith(f"lk-segment: open http://127.0.0.1:{port}")
     yield f"http://127.0.0.1:{port}", served
     stop_ui(proc)
 
