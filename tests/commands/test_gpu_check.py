@@ -41,6 +41,11 @@ def check_in_relative_folder(tmp_path, monkeypatch):
     return check, calls, tmp_path
 
 
+def test_the_gpu_mode_trains_the_plain_kernel_and_the_largest_the_cpu_mode_one():
+    assert gpu_check.MODES["gpu"].train_variants == ("3x3", "replk") and gpu_check.MODES["gpu"].epochs == 2
+    assert gpu_check.MODES["cpu"].train_variants == ("3x3",)
+
+
 def test_a_relative_out_gives_every_step_absolute_paths_and_a_missing_bench_json_fails_the_step(
         check_in_relative_folder):
     check, calls, tmp_path = check_in_relative_folder
@@ -124,19 +129,18 @@ def test_make_gpu_check_from_the_repository_root_passes_and_writes_its_summaries
     out = repo / "gpu-check"
     results = json.loads((out / "gpu-check.json").read_text())
     assert results["mode"] == "cpu" and results["passed"]
-    assert [s["name"] for s in results["steps"]] == ["environment", "cuda-tests", "data", "train-3x3", "train-replk",
-                                                      "bench", "loader", "predict"]
+    assert [s["name"] for s in results["steps"]] == ["environment", "cuda-tests", "data", "train-3x3", "bench",
+                                                      "loader", "predict"]  # the CPU mode trains one variant
     assert all(s["limit_s"] > 0 for s in results["steps"] if "log" in s)
     assert results["environment"]["device"] == "cpu" and results["environment"]["torch"]
     tests = results["cuda_tests"]
     assert tests.get("skipped", 0) > 0 and any("needs a CUDA GPU" in r for r in tests["skip_reasons"])
-    for variant in ("3x3", "replk"):
-        run = results["trainings"][variant]
-        assert run["status"] == "FINISHED" and 0 <= run["val_dice"] <= 1 and run["gpu_peak_mem_mb"] is None
+    (run,) = results["trainings"].values()
+    assert run["status"] == "FINISHED" and 0 <= run["val_dice"] <= 1 and run["gpu_peak_mem_mb"] is None
     assert results["bench"]["variants"]["3x3"]["images_per_s"] > 0
     assert not (repo / "data" / "synthetic").exists()  # the bench used the check's photos
     assert results["loader"]["loader_images_per_s"] > 0 and results["loader"]["model_images_per_s"] > 0
     assert results["predict"]["masks"] == results["predict"]["photos"] > 0
     summary = (out / "gpu-check.md").read_text()
-    assert "all steps passed" in summary and "| train-replk | passed |" in summary
+    assert "all steps passed" in summary and "| train-3x3 | passed |" in summary
     assert "(limit" in proc.stdout
