@@ -26,13 +26,13 @@ pytestmark = pytest.mark.slow  # each test starts an MLflow server
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`make server PORT=<port>` as a user types it, from the root of a copy of the repository, over the copy's
-    default store; one for the module (a start takes seconds); yields (url, the copy's folder). Each test logs to
+    """`make server PORT=<port> WORKERS=1` as a user types it, from the root of a copy of the repository, over the
+    copy's default store; one for the module (a start takes seconds); yields (url, the copy's folder). Each test logs to
     an experiment of its own and reads only that one."""
     served = copy_repository(tmp_path_factory.mktemp("served") / "repo")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MAKEFLAGS", "MAKELEVEL")}
-    proc, first = start_ui([], served, port, cmd=["make", "server", f"PORT={port}"], env=env)
+    proc, first = start_ui([], served, port, cmd=["make", "server", f"PORT={port}", "WORKERS=1"], env=env)
     assert first.startswith(f"lk-segment: open http://127.0.0.1:{port}")
     yield f"http://127.0.0.1:{port}", served
     stop_ui(proc)
