@@ -48,7 +48,7 @@ class RunRecord:
     def machine(self) -> str:
         """Where its times were measured: the device's name and the precision it trained in."""
         params = self.params
-        return f"{params.get('trainer.device_name', 'unknown device')}, {params.get('trainer.precision', '?')}"
+        return f"{params.get('trainer.device_name', 'unknown device')}, precision {params.get('trainer.precision', '?')}"
 
     @property
     def headline(self) -> float:

@@ -162,7 +162,7 @@ def test_costs_keep_machines_apart_and_leave_shared_runs_out():
                                                                       shift=0.01)]
     found = results(study, records)
     assert [r.run_id for r in found["3x3"].clean] == ["3x3-0"]
-    assert machines(found) == {"CPU X, 32": ["3x3", "5x5"], "GPU Y, 32": ["5x5"]}
+    assert machines(found) == {"CPU X, precision 32": ["3x3", "5x5"], "GPU Y, precision 32": ["5x5"]}
     d = found["5x5"].difference
     assert d.diff == pytest.approx(0.01) and d.images == 128 and d.cars == 8 and d.verdict == "better"
     # the time curves are the CPU's (most clean runs): 3x3's clean fold 0 (40 s in all), 5x5's fold 0 (80 s);
