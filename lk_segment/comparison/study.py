@@ -51,6 +51,7 @@ class StudyConfig:
     erf: bool = True  # measure each trained model's effective receptive field
     resamples: int = 10_000  # of the car bootstrap
     confidence: float = 0.95
+    source: str = ""  # set by load_study: what named the file (cpu-sample, or a path to a .yaml file)
 
 
 def study_path(name: str) -> Path:
@@ -76,6 +77,7 @@ def load_study(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"study file {path}: {str(exc).splitlines()[0]}") from exc
     study = OmegaConf.to_object(study)
     study.name = study.name or path.stem
+    study.source = name
     study.variants = list(study.variants) or available_variants()
     study.overrides = [*study.overrides, *extra_overrides]
     unknown = sorted(set(study.variants) - set(available_variants()))
