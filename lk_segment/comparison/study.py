@@ -209,7 +209,7 @@ def bench_steps(study: StudyConfig, parent_id: str) -> dict[str, float]:
     first = next(iter(cfgs.values()))
     device = torch.device("cuda" if torch.cuda.is_available() and first.trainer.accelerator != "cpu" else "cpu")
     precision = resolve_precision(first.trainer.precision, first.trainer.accelerator)
-    machine = f"{device_name(device)}, {precision}"
+    machine = f"{device_name(device)}, precision {precision}"  # as RunRecord.machine names it
     measured = parent.data.params.get("bench.machine")
     if measured is not None and all(f"{STEP_METRIC}/{v}" in parent.data.metrics for v in study.variants):
         # once per study: a study resumed elsewhere keeps the first machine's steps (its report says which)
