@@ -122,9 +122,12 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     if ref is None:
         return f"No finished run of the reference {study.reference} yet: nothing can be compared."
     cars = len({c for c, _ in ref.photos.values()})
-    parts = [f"Against {study.reference} (mean per-photo full-resolution Dice {ref.mean_dice:.4f} over "
-             f"{len(ref.photos)} photos of {cars} cars, each scored by the fold model that never saw its car), "
-             f"with {study.confidence:.0%} intervals from a bootstrap over cars:"]
+    scored = (f"mean per-photo full-resolution Dice {ref.mean_dice:.4f} over {len(ref.photos)} photos of {cars} "
+              "cars, each scored by the fold model that never saw its car")
+    alone = study.variants == [study.reference]  # a pilot: how far the reference trains, nothing compared
+    parts = ([f"{study.reference} alone ({scored}): one variant, nothing compared."] if alone else
+             [f"Against {study.reference} ({scored}), with {study.confidence:.0%} intervals from a bootstrap "
+              "over cars:"])
     groups: dict[str, list[str]] = {"better": [], "worse": [], "no detectable difference": []}
     for result in found.values():
         d = result.difference
@@ -160,8 +163,9 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     if missing:
         parts.append(f"Incomplete: {', '.join(missing)}; their photos are fewer, and `make study` again trains "
                      "what is missing.")
-    parts.append("The intervals cover the sampling of cars, not a change of training seed beyond the one each "
-                 "fold used.")
+    if not alone:
+        parts.append("The intervals cover the sampling of cars, not a change of training seed beyond the one "
+                     "each fold used.")
     return " ".join(parts)
 
 

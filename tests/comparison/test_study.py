@@ -157,6 +157,18 @@ def made_run(variant: str, fold: int, machine: str = "CPU X", others: float = 0.
                      curves, fold=fold, photo_scores=photos)
 
 
+def test_a_study_of_the_reference_alone_compares_nothing_and_says_so():
+    """A pilot (variants: [3x3]) tells how far the reference trains; its answer claims no comparison."""
+    from lk_segment.comparison.study import StudyConfig
+    from lk_segment.comparison.study_report import answer, results
+
+    study = StudyConfig(name="pilot", variants=["3x3"], folds=2, resamples=100)
+    text = answer(study, results(study, [made_run("3x3", 0), made_run("3x3", 1)]), {})
+    assert text.startswith("3x3 alone (mean per-photo full-resolution Dice ") and "nothing compared" in text
+    assert "bootstrap" not in text and "interval" not in text and "Against" not in text
+    assert "Still climbing at the end of training" in text  # 0.95 -> 0.96 in its last quarter: still said
+
+
 def test_costs_keep_machines_apart_and_leave_shared_runs_out():
     from lk_segment.comparison.study import StudyConfig
     from lk_segment.comparison.study_report import equal_time, machines, results
