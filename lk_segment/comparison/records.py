@@ -47,8 +47,8 @@ class RunRecord:
     @property
     def machine(self) -> str:
         """Where its times were measured: the device's name and the precision it trained in."""
-        params = self.params
-        return f"{params.get('trainer.device_name', 'unknown device')}, precision {params.get('trainer.precision', '?')}"
+        device = self.params.get("trainer.device_name", "unknown device")
+        return f"{device}, precision {self.params.get('trainer.precision', '?')}"
 
     @property
     def headline(self) -> float:

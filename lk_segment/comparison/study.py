@@ -51,6 +51,7 @@ class StudyConfig:
     erf: bool = True  # measure each trained model's effective receptive field
     resamples: int = 10_000  # of the car bootstrap
     confidence: float = 0.95
+    source: str = ""  # set by load_study: what named the file (cpu-sample, or a path to a .yaml file)
 
 
 def study_path(name: str) -> Path:
@@ -76,6 +77,7 @@ def load_study(name: str, extra_overrides: list[str] | tuple[str, ...] = ()) -> 
         raise UserError(f"study file {path}: {str(exc).splitlines()[0]}") from exc
     study = OmegaConf.to_object(study)
     study.name = study.name or path.stem
+    study.source = name
     study.variants = list(study.variants) or available_variants()
     study.overrides = [*study.overrides, *extra_overrides]
     unknown = sorted(set(study.variants) - set(available_variants()))
@@ -207,7 +209,7 @@ def bench_steps(study: StudyConfig, parent_id: str) -> dict[str, float]:
     first = next(iter(cfgs.values()))
     device = torch.device("cuda" if torch.cuda.is_available() and first.trainer.accelerator != "cpu" else "cpu")
     precision = resolve_precision(first.trainer.precision, first.trainer.accelerator)
-    machine = f"{device_name(device)}, {precision}"
+    machine = f"{device_name(device)}, precision {precision}"  # as RunRecord.machine names it
     measured = parent.data.params.get("bench.machine")
     if measured is not None and all(f"{STEP_METRIC}/{v}" in parent.data.metrics for v in study.variants):
         # once per study: a study resumed elsewhere keeps the first machine's steps (its report says which)

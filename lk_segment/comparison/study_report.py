@@ -122,9 +122,12 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     if ref is None:
         return f"No finished run of the reference {study.reference} yet: nothing can be compared."
     cars = len({c for c, _ in ref.photos.values()})
-    parts = [f"Against {study.reference} (mean per-photo full-resolution Dice {ref.mean_dice:.4f} over "
-             f"{len(ref.photos)} photos of {cars} cars, each scored by the fold model that never saw its car), "
-             f"with {study.confidence:.0%} intervals from a bootstrap over cars:"]
+    scored = (f"mean per-photo full-resolution Dice {ref.mean_dice:.4f} over {len(ref.photos)} photos of {cars} "
+              "cars, each scored by the fold model that never saw its car")
+    alone = study.variants == [study.reference]  # a pilot: how far the reference trains, nothing compared
+    parts = ([f"{study.reference} alone ({scored}): one variant, nothing compared."] if alone else
+             [f"Against {study.reference} ({scored}), with {study.confidence:.0%} intervals from a bootstrap "
+              "over cars:"])
     groups: dict[str, list[str]] = {"better": [], "worse": [], "no detectable difference": []}
     for result in found.values():
         d = result.difference
@@ -160,8 +163,9 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
     if missing:
         parts.append(f"Incomplete: {', '.join(missing)}; their photos are fewer, and `make study` again trains "
                      "what is missing.")
-    parts.append("The intervals cover the sampling of cars, not a change of training seed beyond the one each "
-                 "fold used.")
+    if not alone:
+        parts.append("The intervals cover the sampling of cars, not a change of training seed beyond the one "
+                     "each fold used.")
     return " ".join(parts)
 
 
@@ -198,7 +202,8 @@ def render_study_report(study, parent, records: list[RunRecord], out_dir: str | 
                                                        out_dir / "time_to_accuracy.png"),
              "differences": plot_differences(diffs, study.reference, study.confidence, out_dir / "differences.png")}
     write_csvs(study, found, steps, out_dir)
-    text = study_markdown(study, parent, found, steps, groups, machine, plots, markdown)
+    text = study_markdown(study, parent, found, steps, groups, machine, plots, markdown,
+                          report_places(study, out_dir, markdown))
     markdown.write_text(text)
     return {"parent_run_id": parent.info.run_id, "markdown": markdown, "plots": plots, "results": found,
             "answer": answer(study, found, steps), "csv": out_dir / "variants.csv",
@@ -232,22 +237,36 @@ def write_csvs(study, found: dict[str, VariantResult], steps: dict[str, float], 
                                  len(run.curves[names.VAL_DICE]), cum[-1] if cum else "", shared_machine(run) or ""])
 
 
-def regenerate_command(study, parent) -> str:
-    """The ``make study`` that trained the parent run: the overrides it was given beyond its file's as ARGS."""
+def regenerate_command(study, parent, places: list[str] = ()) -> str:
+    """The ``make study`` that trained the parent run: the study as it was named, where its report went
+    (``places``: STUDY_OUT=, STUDY_MD= where not the defaults) and the overrides it was given beyond its
+    file's as ARGS."""
     from lk_segment.comparison.study import load_study
 
+    source = study.source or study.name
     given = parent.data.params.get("study.overrides", "(none)")
     given = [] if given == "(none)" else given.split()
     try:
-        own = load_study(study.name).overrides
+        own = load_study(source).overrides
     except Exception:  # noqa: BLE001 (a study file since removed or renamed: then every override is extra)
         own = []
     extra = given[len(own):] if given[: len(own)] == own else given
-    return f"make study STUDY={study.name}" + (f' ARGS="{" ".join(extra)}"' if extra else "")
+    return " ".join([f"make study STUDY={source}", *places, *([f'ARGS="{" ".join(extra)}"'] if extra else [])])
+
+
+def report_places(study, out_dir: Path, markdown: Path) -> list[str]:
+    """The make variables that put a study's report where it went, for the folders that are not the defaults."""
+    places = []
+    if out_dir != Path(names.REPORTS_DIR) / f"study-{study.name}":
+        places.append(f"STUDY_OUT={out_dir}")
+    if markdown != out_dir / "results.md":
+        places.append(f"STUDY_MD={markdown}")
+    return places
 
 
 def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[str, float],
-                   groups: dict[str, list[str]], machine: str | None, plots: dict[str, Path], markdown: Path) -> str:
+                   groups: dict[str, list[str]], machine: str | None, plots: dict[str, Path], markdown: Path,
+                   places: list[str] = ()) -> str:
     first = next(iter(found.values())).runs[0].params
     size = f"{first.get('data.train_height', '?')}×{first.get('data.train_width', '?')}"
     all_runs = [run for r in found.values() for run in r.runs]
@@ -257,7 +276,7 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         lines += [study.question, ""]
     lines += ["## The answer", "", answer(study, found, steps), "",
               "Regenerate (the trainings already finished are skipped; the report is rewritten from MLflow):", "",
-              "```bash", regenerate_command(study, parent), "```", "",
+              "```bash", regenerate_command(study, parent, places), "```", "",
               f"{len(all_runs)} trainings of {len(found)} variants, {study.folds}-fold cross-validation by car "
               f"(split seed {study.split_seed}; fold i seeds run i), training size {size}, "
               f"{first.get('trainer.max_epochs', '?')} epochs, batch {first.get('data.batch_size', '?')}, precision "

@@ -54,7 +54,8 @@ def test_make_study_of_a_study_file_in_the_repository(copy, client, tiny_root, m
         ("1x5", "0"), ("1x5", "1"), ("3x3", "0"), ("3x3", "1")]
     assert {"bench/step_ms/3x3", "bench/step_ms/1x5"} <= set(parents[0].data.metrics)
     text = (copy / "reports" / "study-tiny_study" / "results.md").read_text()  # its default --out
-    assert "## The answer" in text and "Against 3x3" in text and "make study STUDY=tiny_study" in text
+    assert "## The answer" in text and "Against 3x3" in text
+    assert "\nmake study STUDY=tiny-study.yaml\n" in text  # regenerated as it was typed: the file, no ARGS
     assert "| 1x5 | 64 (4) |" in text and "[95% CI]" in text  # every photo of the 4 cars, each validated once
     assert str(tiny_root) not in text  # the data by its variable, never a machine's path
 

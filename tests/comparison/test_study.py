@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,7 +120,7 @@ def test_the_study_report_from_its_runs_answers_with_intervals_costs_and_time_to
     from types import SimpleNamespace
 
     from lk_segment.comparison.study import StudyConfig
-    from lk_segment.comparison.study_report import render_study_report
+    from lk_segment.comparison.study_report import render_study_report, report_places
 
     study = StudyConfig(name="tiny_study", variants=["3x3", "5x5"], folds=2, resamples=300)
     records = [made_run("3x3", 0), made_run("3x3", 1), made_run("5x5", 0, epoch_s=20.0, shift=0.01),
@@ -129,7 +130,11 @@ def test_the_study_report_from_its_runs_answers_with_intervals_costs_and_time_to
         metrics={"bench/step_ms/3x3": 100.0, "bench/step_ms/5x5": 250.0}))
     report = render_study_report(study, parent, records, tmp_path / "report")
     text = report["markdown"].read_text()
-    assert "## The answer" in text and "Against 3x3" in text and "make study STUDY=tiny_study" in text
+    assert "## The answer" in text and "Against 3x3" in text
+    assert f"make study STUDY=tiny_study STUDY_OUT={tmp_path / 'report'}\n" in text  # its report's folder too
+    assert report_places(study, Path("reports/study-tiny_study"), Path("reports/study-tiny_study/results.md")) == []
+    assert report_places(study, Path("docs/results"), Path("docs/results.md")) == [
+        "STUDY_OUT=docs/results", "STUDY_MD=docs/results.md"]
     assert "all at once (Bonferroni)" in text and "Read together, as" in text
     assert "| 5x5 | 128 (8) |" in text  # every photo of the 8 cars, each validated once
     assert "+0.0100 [+0.0100, +0.0100] | better |" in text  # a constant shift: the interval is the shift
@@ -150,6 +155,18 @@ def made_run(variant: str, fold: int, machine: str = "CPU X", others: float = 0.
     params = {"trainer.device_name": machine, "trainer.precision": "32", "model/params": "100", "model/gflops": "1"}
     return RunRecord(variant, fold, f"{variant}-{fold}", max(dice), epoch_s, 1.0, 100.0, "CPU RSS", params, {},
                      curves, fold=fold, photo_scores=photos)
+
+
+def test_a_study_of_the_reference_alone_compares_nothing_and_says_so():
+    """A pilot (variants: [3x3]) tells how far the reference trains; its answer claims no comparison."""
+    from lk_segment.comparison.study import StudyConfig
+    from lk_segment.comparison.study_report import answer, results
+
+    study = StudyConfig(name="pilot", variants=["3x3"], folds=2, resamples=100)
+    text = answer(study, results(study, [made_run("3x3", 0), made_run("3x3", 1)]), {})
+    assert text.startswith("3x3 alone (mean per-photo full-resolution Dice ") and "nothing compared" in text
+    assert "bootstrap" not in text and "interval" not in text and "Against" not in text
+    assert "Still climbing at the end of training" in text  # 0.95 -> 0.96 in its last quarter: still said
 
 
 def test_costs_keep_machines_apart_and_leave_shared_runs_out():

@@ -55,3 +55,21 @@ def test_the_gpu_profile_is_merged_after_the_variant_and_before_the_overrides():
     assert cfg.data.batch_size == 16 and cfg.data.height == 512
     with pytest.raises(UserError, match="unknown profile 'tpu': choose one of gpu"):
         load_config("3x3", ["profile=tpu"])
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ([], (128, 6)),  # synthetic data: the quick first run
+        (["data.root=/photos"], (96, 16)),  # real photos: the study's sizing (REAL_PHOTO_DEFAULTS)
+        (["data.root=/photos", "data.height=256"], (256, 16)),  # the command line still wins
+        (["data.root=/photos", "trainer.max_epochs=3"], (96, 3)),
+        (["data.root=/photos", "profile=gpu"], (512, 16)),  # so does a profile
+        (["data.root=/photos", "data.root=null"], (128, 6)),  # the last word on data.root counts
+    ],
+)
+def test_real_photos_train_at_the_studys_size_unless_told_otherwise(overrides, expected):
+    cfg = load_config("3x3", overrides)
+    assert (cfg.data.height, cfg.trainer.max_epochs) == expected
+    if expected[0] == 96:
+        assert training_size(cfg.data.height, cfg.data.width, 2**cfg.model.depth) == (96, 144)
