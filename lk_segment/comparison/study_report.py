@@ -144,11 +144,20 @@ def answer(study, found: dict[str, VariantResult], steps: dict[str, float]) -> s
                      f"{', '.join(held) if held else 'none'}.")
     not_worse = [v for v, r in found.items() if v == study.reference or (r.difference and r.difference.verdict !=
                                                                          "worse")]
-    if steps and all(v in steps for v in not_worse):
+    if not alone and not_worse == [study.reference]:
+        parts.append(f"No other variant is as accurate as {study.reference}: whatever each saves costs Dice.")
+    elif steps and all(v in steps for v in not_worse):
         cheapest = min(not_worse, key=lambda v: steps[v])
         ratio = steps[cheapest] / steps[study.reference] if study.reference in steps else math.nan
         parts.append(f"Of the variants not worse than {study.reference}, the cheapest clean training step on this "
                      f"machine is {cheapest}'s ({steps[cheapest]:.0f} ms, x{ratio:.2f} of {study.reference}'s).")
+    budget, at_budget = equal_time(found)
+    if study.reference in at_budget and len(at_budget) > 1:
+        best = max(at_budget, key=lambda v: at_budget[v])
+        if best != study.reference:
+            parts.append(f"Given only the fastest variant's training time ({budget / 60:.1f} min), {best} reaches the "
+                         f"highest val/dice ({at_budget[best]:.4f} against {study.reference}'s "
+                         f"{at_budget[study.reference]:.4f}; median over folds, at the training size, no interval).")
     short = [v for v, r in found.items() if math.isnan(r.gain)]
     climbing = [v for v, r in found.items() if not math.isnan(r.gain) and not st.flattened(r.curve_dice)]
     if climbing:

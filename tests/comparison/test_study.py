@@ -131,7 +131,8 @@ def test_the_study_report_from_its_runs_answers_with_intervals_costs_and_time_to
     report = render_study_report(study, parent, records, tmp_path / "report")
     text = report["markdown"].read_text()
     assert "## The answer" in text and "Against 3x3" in text
-    assert f"make study STUDY=tiny_study STUDY_OUT={tmp_path / 'report'}\n" in text  # its report's folder too
+    # its report's folder too, then the overrides its file (not in configs/study/) does not give
+    assert f'make study STUDY=tiny_study STUDY_OUT={tmp_path / "report"} ARGS="trainer.max_epochs=4"\n' in text
     assert report_places(study, Path("reports/study-tiny_study"), Path("reports/study-tiny_study/results.md")) == []
     assert report_places(study, Path("docs/results"), Path("docs/results.md")) == [
         "STUDY_OUT=docs/results", "STUDY_MD=docs/results.md"]
@@ -167,6 +168,23 @@ def test_a_study_of_the_reference_alone_compares_nothing_and_says_so():
     assert text.startswith("3x3 alone (mean per-photo full-resolution Dice ") and "nothing compared" in text
     assert "bootstrap" not in text and "interval" not in text and "Against" not in text
     assert "Still climbing at the end of training" in text  # 0.95 -> 0.96 in its last quarter: still said
+
+
+def test_the_answer_names_the_variant_ahead_at_equal_time_when_it_is_not_the_reference():
+    from lk_segment.comparison.study import StudyConfig
+    from lk_segment.comparison.study_report import answer, results
+
+    study = StudyConfig(name="s", variants=["3x3", "5x5"], folds=2, resamples=100)
+    fast = [made_run("5x5", fold, epoch_s=10.0) for fold in (0, 1)]  # 4 epochs in 40 s
+    text = answer(study, results(study, [made_run("3x3", 0, epoch_s=20.0), made_run("3x3", 1, epoch_s=20.0), *fast]),
+                  {})
+    assert "Given only the fastest variant's training time (0.7 min), 5x5 reaches the highest val/dice (0.9600 " \
+           "against 3x3's 0.9000" in text  # 3x3 had finished 2 of its epochs by then
+    text = answer(study, results(study, [made_run("3x3", 0), made_run("3x3", 1), *fast]), {})
+    assert "Given only" not in text  # the reference ahead (tied here): nothing to add
+    worse = [made_run("5x5", fold, shift=-0.01) for fold in (0, 1)]
+    text = answer(study, results(study, [made_run("3x3", 0), made_run("3x3", 1), *worse]), {"3x3": 1.0, "5x5": 0.5})
+    assert "worse: 5x5" in text and "No other variant is as accurate as 3x3" in text and "cheapest" not in text
 
 
 def test_costs_keep_machines_apart_and_leave_shared_runs_out():
