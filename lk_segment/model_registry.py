@@ -15,15 +15,7 @@ from pathlib import Path
 from lk_segment import names
 from lk_segment.errors import UserError
 from lk_segment.serving import MODEL_NAME
-from lk_segment.tracking import client, get_run, redact, tracking_uri
-
-
-def use_store() -> None:
-    """Point MLflow's process-wide tracking and registry URIs at the project's store (tracking_uri())."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
+from lk_segment.tracking import client, fluent_store, get_run, redact, tracking_uri
 
 
 def register(run_id: str, name: str = names.REGISTERED_MODEL, alias: str | None = names.CHAMPION,
@@ -34,14 +26,15 @@ def register(run_id: str, name: str = names.REGISTERED_MODEL, alias: str | None 
 
     run = get_run(run_id, hint="(make register RUN=<run id>)")
     source = f"runs:/{run_id}/{MODEL_NAME}"
-    use_store()
-    try:
-        mlflow.models.get_model_info(source)
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"run {run_id!r} has no MLflow model ({source}): it was trained before models were logged, "
-                        "with tracking.log_model=false, or did not finish an epoch; train it again") from exc
-    tags = {"variant": run.data.tags.get("variant", ""), "run_id": run_id, **(tags or {})}
-    version = mlflow.register_model(source, name, tags=tags).version
+    with fluent_store():
+        try:
+            mlflow.models.get_model_info(source)
+        except (MlflowException, OSError) as exc:
+            raise UserError(f"run {run_id!r} has no MLflow model ({source}): it was trained before models "
+                            "were logged, with tracking.log_model=false, or did not finish an epoch; "
+                            "train it again") from exc
+        tags = {"variant": run.data.tags.get("variant", ""), "run_id": run_id, **(tags or {})}
+        version = mlflow.register_model(source, name, tags=tags).version
     if alias:
         client().set_registered_model_alias(name, alias, version)
     return str(version)
@@ -53,10 +46,10 @@ def weights_of(model_uri: str) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    use_store()  # models:/ URIs resolve against the registry: this store's, not one set earlier in the process
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/weights.ckpt",
-                                                    tracking_uri=tracking_uri())
+        with fluent_store() as uri:  # models:/ URIs resolve against the registry: this store's
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/weights.ckpt", tracking_uri=uri)
     except (MlflowException, OSError) as exc:
         raise UserError(f"no lk_segment model at {model_uri!r} in {redact(tracking_uri())}: give "
                         "models:/<name>@<alias>, models:/<name>/<version> or runs:/<run id>/model "

@@ -136,10 +136,11 @@ def log_model(run_id: str, ckpt: str | Path, tracking_uri: str, pip_requirements
     in any case before the run is touched: an error inside ``mlflow.start_run`` would end it FAILED."""
     import mlflow
 
+    from lk_segment.tracking import fluent_store  # not at the top: the served model's load path imports this module
+
     pip_requirements = requirements() if pip_requirements is None else pip_requirements
-    mlflow.set_tracking_uri(tracking_uri)
     example = np.random.default_rng(0).integers(0, 256, EXAMPLE_SHAPE, dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, fluent_store(tracking_uri):
         weights = save_deploy_checkpoint(ckpt, Path(tmp) / "weights.ckpt")
         code = shutil.copytree(PACKAGE_DIR, Path(tmp) / PACKAGE_DIR.name,
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # the source alone

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +32,41 @@ def tracking_uri() -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@contextmanager
+def fluent_store(uri: str | None = None):
+    """MLflow's fluent API (``mlflow.start_run``, ``mlflow.register_model``, ``runs:/`` and ``models:/`` URIs)
+    pointed at ``uri`` (default: ``tracking_uri()``) for the block, tracking and registry both; afterwards
+    the process is as it was.
+
+    MLflow keeps these URIs process-wide and its setters also write ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_REGISTRY_URI`` into ``os.environ``: left set, they outrank the environment a later caller
+    names (a served model then loaded ``runs:/`` from a store of an earlier call: "Run ... not found").
+    MLflow has no public getter for "not set", so its two module globals are read and put back here
+    (tests/tracking/test_tracking_uri.py fails if MLflow renames them)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    uri = uri or tracking_uri()
+    environment = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    before = tracking_state._tracking_uri, registry_state._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(before[0])  # also resets MLflow's tracer, which remembers the URI
+        registry_state._registry_uri = before[1]
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def redact(text: str) -> str:

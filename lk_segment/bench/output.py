@@ -29,15 +29,14 @@ def write_results(results: BenchResults, out: str | Path, experiment: str = "ben
     """The JSON file and an MLflow run in ``experiment`` (metrics, params, the JSON); the run id."""
     import mlflow
 
-    from lk_segment.tracking import experiment_id, tracking_uri
+    from lk_segment.tracking import experiment_id, fluent_store
 
     data = results.to_dict()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment_id=experiment_id(experiment))
-    with mlflow.start_run(run_name=f"bench-{results.env.device}") as run:
+    with fluent_store(), mlflow.start_run(run_name=f"bench-{results.env.device}",
+                                          experiment_id=experiment_id(experiment)) as run:
         mlflow.log_params({k: str(v)[:250] for k, v in data["config"].items()})
         mlflow.set_tags({"device_name": results.env.device_name, "torch": results.env.torch,
                          "tf32": str(results.env.tf32)})

@@ -69,10 +69,10 @@ def test_tiny_bench_measures_everything_and_logs_to_mlflow(tiny_root, workdir):
     saved = json.loads((workdir / "bench.json").read_text())
     assert saved["steps"]["3x3"]["project_fast"]["roofline"]["measured_over_roofline"] == pytest.approx(
         fast.measured_over_roofline)
-    import mlflow
+    from lk_segment.tracking import client
 
-    run = mlflow.get_run(run_id)
-    assert mlflow.get_experiment(run.info.experiment_id).name == "bench"
+    run = client().get_run(run_id)  # the project's store: write_results leaves MLflow's process-wide URI alone
+    assert client().get_experiment(run.info.experiment_id).name == "bench"
     assert run.data.metrics["steps/3x3/ratio_32"] == pytest.approx(s.ratio_32)
     assert run.data.metrics["dwconv/k7_bf16_1x2x16x16/fft_ms"] == pytest.approx(results.dwconv[3].fft_ms)
     assert run.data.tags["tf32"] == "False"

@@ -127,6 +127,16 @@ def logged_model(tmp_path_factory):
     return model_uri, uri, work
 
 
+def test_logging_a_model_leaves_mlflow_where_the_environment_points(logged_model, tmp_path, monkeypatch):
+    """log_model once set MLflow's process-wide URI and left it: a later load of runs:/ in the same process
+    then looked in the logging call's store ("Run ... not found")."""
+    import mlflow
+
+    later = f"sqlite:///{tmp_path}/later.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", later)
+    assert mlflow.get_tracking_uri() == later and mlflow.get_registry_uri() == later
+
+
 LOAD_AND_PREDICT = textwrap.dedent("""
     import sys
     for name in sys.argv[2:]:  # made unimportable, as where they are not installed
