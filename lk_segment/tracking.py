@@ -331,6 +331,13 @@ class RunLogger(MLFlowLogger):
     """Lightning's MLFlowLogger, but a run ends KILLED after Ctrl-C (FAILED after an exception), and
     each checkpoint reaches the run's ``checkpoints/`` artifacts as soon as it is written."""
 
+    @property
+    def experiment(self):
+        # Lightning's first call points MLflow's process-wide tracking URI (and MLFLOW_TRACKING_URI) at this
+        # store and leaves it there; the logger works through its own client, so the process is put back.
+        with fluent_store(self._tracking_uri):
+            return super().experiment
+
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         # Lightning calls this on global rank 0 after each save of a ModelCheckpoint; ours keep one
         # file each (save_top_k=1), so its best_model_path is the file just written: every epoch's

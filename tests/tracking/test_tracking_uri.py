@@ -5,7 +5,7 @@ import os
 import mlflow
 import pytest
 
-from lk_segment.tracking import fluent_store
+from lk_segment.tracking import RunLogger, fluent_store
 
 
 @pytest.fixture
@@ -45,6 +45,14 @@ def test_a_uri_the_user_set_in_the_environment_is_there_after_the_block(tmp_path
         pass
     assert os.environ["MLFLOW_TRACKING_URI"] == users and "MLFLOW_REGISTRY_URI" not in os.environ
     assert mlflow.get_tracking_uri() == users
+
+
+def test_a_training_runs_logger_leaves_the_process_where_it_was(tmp_path, monkeypatch, no_uri_in_environment):
+    """Lightning's MLFlowLogger points the process-wide URI at its store on its first use and leaves it."""
+    before = mlflow.get_tracking_uri()
+    logger = RunLogger(experiment_name="t", tracking_uri=f"sqlite:///{tmp_path}/a.db")
+    assert logger.run_id and logger.experiment.get_run(logger.run_id).info.experiment_id == logger.experiment_id
+    assert mlflow.get_tracking_uri() == before and "MLFLOW_TRACKING_URI" not in os.environ
 
 
 class _nothing:

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
 from torch.utils.data import DistributedSampler
@@ -19,7 +18,7 @@ from lk_segment.commands.train import build_trainer
 from lk_segment.config import load_config
 from lk_segment.data.module import CarvanaDataModule
 from lk_segment.errors import UserError
-from lk_segment.tracking import tracking_uri
+from lk_segment.tracking import RunLogger, tracking_uri
 from lk_segment.training.checkpointing import load_system
 from lk_segment.training.distributed import UnpaddedDistributedSampler, scale_out_params, validation_sampler
 from tests.conftest import tiny_overrides
@@ -75,7 +74,7 @@ def test_second_node_environment_is_picked_up_and_creates_no_run(launcher, workd
         monkeypatch.setenv(key, value)
     cfg = load_config("5x5", ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2",
                               "trainer.strategy=ddp", "trainer.enable_progress_bar=false", "experiment=test"])
-    logger = MLFlowLogger(experiment_name="test", run_name="5x5", tracking_uri=tracking_uri())
+    logger = RunLogger(experiment_name="test", run_name="5x5", tracking_uri=tracking_uri())
     trainer = build_trainer(cfg.trainer, logger=logger)  # what train() does before it creates the run
 
     assert type(trainer.strategy.cluster_environment).__name__ == environment_class
