@@ -35,3 +35,10 @@ def header(*names: str, right: Sequence[int] = ()) -> list[str]:
 def table(names: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> list[str]:
     """A Markdown table's lines: the header, then the rows."""
     return [*header(*names, right=right), *(row(*cells) for cells in rows)]
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from lk_segment import names
 from lk_segment.errors import UserError
-from lk_segment.serving import MODEL_NAME
 from lk_segment.tracking import client, fluent_store, get_run, redact, tracking_uri
 
 
@@ -25,7 +24,7 @@ def register(run_id: str, name: str = names.REGISTERED_MODEL, alias: str | None 
     from mlflow.exceptions import MlflowException
 
     run = get_run(run_id, hint="(make register RUN=<run id>)")
-    source = f"runs:/{run_id}/{MODEL_NAME}"
+    source = f"runs:/{run_id}/{names.MODEL_NAME}"
     with fluent_store():
         try:
             mlflow.models.get_model_info(source)

@@ -20,6 +20,10 @@ TRAIN_TIME_CUM = "perf/train_time_cum_s"
 IMAGES_PER_S = "perf/train_images_per_s"
 OWN_CPU_SHARE = "perf/own_cpu_share"
 OTHERS_CPU_SHARE = "perf/others_cpu_share"
+# An epoch counts as having shared the machine when other processes used more than this share of
+# all its cores while it trained (a quiet machine's background stays near 0.01). Its times are then
+# not the model's: the study report leaves such runs out of its cost columns and says why.
+SHARED_MACHINE_THRESHOLD = 0.10
 LOAD_AVG = "perf/load_avg_1m"
 CPU_PEAK_RSS = "perf/cpu_peak_rss_mb"
 GPU_PEAK_MEM = "perf/gpu_peak_mem_mb"
@@ -31,6 +35,7 @@ DICE_FULL_WORST = "val/dice_full_worst"
 DICE_FULL_BEST = "val/dice_full_best"  # of the best checkpoint (by VAL_DICE), once per run
 DICE_FULL_BEST_WORST = "val/dice_full_best_worst"
 FULL_RES_EVAL_TIME = "perf/full_res_eval_s"
+CSV_ARTIFACT_DIR = "full_res"  # the run's per-image CSVs: full_res/epoch_<E>.csv, full_res/best.csv
 
 # -- parameters training adds to the config's (lk_segment/commands/train.py)
 MODEL_PARAMS = "model/params"
@@ -41,6 +46,7 @@ TRAIN_HEIGHT = "data.train_height"
 TRAIN_WIDTH = "data.train_width"
 
 # -- the model registry (make register, make compare's champion)
+MODEL_NAME = "model"  # the run's MLflow model: runs:/<run id>/model (lk_segment/serving.py)
 REGISTERED_MODEL = "lk-segment"
 CHAMPION = "champion"
 

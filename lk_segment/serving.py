@@ -39,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lk_segment import names
 from lk_segment.errors import UserError
 from lk_segment.training.checkpointing import fuse_checkpoint
 
-MODEL_NAME = "model"  # runs:/<run id>/model
+MODEL_NAME = names.MODEL_NAME  # runs:/<run id>/model
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXAMPLE_SHAPE = (1, 64, 96, 3)  # the input example: one small photo, so the logged model stays small
 MAX_SIDE = 4096  # pixels: a Carvana photo is 1918 x 1280
@@ -116,15 +117,15 @@ def requirements() -> list[str]:
     from importlib import metadata
 
     found = []
-    for what, names in REQUIREMENTS.items():
-        for name in names:
+    for what, candidates in REQUIREMENTS.items():
+        for name in candidates:
             try:
                 found.append(f"{name}=={metadata.version(name).split('+')[0]}")
                 break
             except metadata.PackageNotFoundError:
                 continue
         else:
-            raise UserError(f"the MLflow model needs {what} (one of {', '.join(names)}), which is not installed: "
+            raise UserError(f"the MLflow model needs {what} (one of {', '.join(candidates)}), which is not installed: "
                             "install it, or set tracking.log_model=false")
     return found
 

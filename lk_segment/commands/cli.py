@@ -114,6 +114,10 @@ def _ui(args) -> None:
         cmd += ["--artifacts-destination", "./mlruns/artifacts"]
     else:
         cmd += ["--default-artifact-root", "./mlruns/artifacts"]
+    # MLflow 3's server also starts a job runner and seven job consumers (eight interpreters, each importing
+    # MLflow: some 25 s of CPU) for GenAI jobs (judges, trace roll-ups) that nothing here submits. Set it to
+    # true to have them.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)
 
 

@@ -29,7 +29,6 @@ from lk_segment.device import check_accelerator, check_strategy, device_name, re
 from lk_segment.errors import UserError
 from lk_segment.system import SegmentationSystem
 from lk_segment.tracking import (
-    RunLogger,
     artifact_location,
     mark_training_experiment,
     prepare_store,
@@ -40,6 +39,7 @@ from lk_segment.training.callbacks import PerfMonitor
 from lk_segment.training.checkpointing import AtomicCheckpointIO, resume_point
 from lk_segment.training.distributed import scale_out_params
 from lk_segment.training.full_res import FullResEval
+from lk_segment.training.run_logger import RunLogger
 from lk_segment.training.run_records import DataLineage, SystemMetrics
 
 

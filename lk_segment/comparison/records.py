@@ -17,7 +17,6 @@ import numpy as np
 
 from lk_segment import names
 from lk_segment.errors import UserError
-from lk_segment.training.full_res import CSV_ARTIFACT_DIR
 
 # Per-epoch histories read for every run (MLflow's metric history, in step order)
 HISTORY_KEYS = (names.VAL_DICE, names.TRAIN_LOSS, names.EPOCH_TIME, names.TRAIN_TIME_CUM, names.IMAGES_PER_S,
@@ -132,7 +131,7 @@ def _load_erf(client, run_id: str) -> np.ndarray | None:
 
 def _load_photo_scores(client, run_id: str) -> dict[str, tuple[str, float]]:
     """The best checkpoint's full-resolution Dice of each validation photo (``full_res/best.csv``)."""
-    path = _download(client, run_id, CSV_ARTIFACT_DIR, "best.csv")
+    path = _download(client, run_id, names.CSV_ARTIFACT_DIR, "best.csv")
     if path is None:
         return {}
     with open(path, newline="") as f:

@@ -27,7 +27,6 @@ from lk_segment.comparison import statistics as st
 from lk_segment.comparison.plots import plot_differences, plot_time_to_accuracy
 from lk_segment.comparison.records import RunRecord, load_comparison, median
 from lk_segment.markdown import number, table
-from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 
 
 @dataclass
@@ -52,7 +51,7 @@ class VariantResult:
 
 def shared_machine(record: RunRecord, threshold: float | None = None) -> str | None:
     """Why a run's times are not the model's, or None when it had the machine to itself."""
-    threshold = SHARED_MACHINE_THRESHOLD if threshold is None else threshold
+    threshold = names.SHARED_MACHINE_THRESHOLD if threshold is None else threshold
     others = record.curves.get(names.OTHERS_CPU_SHARE, [])
     if not others:
         return "its machine share was not recorded (a run from before perf/others_cpu_share)"
@@ -360,7 +359,7 @@ def study_markdown(study, parent, found: dict[str, VariantResult], steps: dict[s
         lines += [""]
     else:
         lines += ["Every run had the machine to itself (other processes below "
-                  f"{SHARED_MACHINE_THRESHOLD:.0%} of the cores in every epoch).", ""]
+                  f"{names.SHARED_MACHINE_THRESHOLD:.0%} of the cores in every epoch).", ""]
     # time to accuracy
     if not machine:
         lines += ["## Time to accuracy", "", "Not measured: no run had the machine to itself (see Cost). Run the "

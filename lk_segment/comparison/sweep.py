@@ -24,11 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
-
 from lk_segment import names
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
+from lk_segment.markdown import format_seconds
 from lk_segment.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, finished_child_runs
 
 ERF_IMAGES = 8  # validation images (spread over the cars) the effective receptive field is averaged over
@@ -75,41 +74,6 @@ def sweep_key(variants: list[str], seeds: list[int], overrides: list[str]) -> st
     """Same variants, seeds and overrides -> same key -> the same parent run is resumed."""
     text = json.dumps({"variants": list(variants), "seeds": list(seeds), "overrides": sorted(overrides)})
     return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-    )
-
-
-class SweepProgress(L.Callback):
-    """One line per epoch: which run of how many, its epoch, Dice, and the time left.
-
-    The estimate is the sweep's wall time per trained epoch so far times the epochs still to
-    train; with ``workers`` trainings at once it is divided among them.
-    """
-
-    def __init__(self, label: str, run_name: str, sweep_start: float, epochs_done: int, epochs_total: int,
-                 workers: int = 1, prefix: str = "compare"):
-        self.label, self.run_name, self.sweep_start, self.workers = label, run_name, sweep_start, workers
-        self.epochs_done, self.epochs_total, self.prefix = epochs_done, epochs_total, prefix
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and trainer.logger is not None:
-            trainer.logger.experiment.set_tag(trainer.logger.run_id, "mlflow.runName", self.run_name)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        self.epochs_done += 1
-        elapsed = time.time() - self.sweep_start
-        left = elapsed / self.epochs_done * (self.epochs_total - self.epochs_done) / self.workers
-        dice = trainer.callback_metrics.get(names.VAL_DICE)
-        dice_text = f", val/dice {float(dice):.4f}" if dice is not None else ""
-        print(f"[{self.prefix}] {self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{dice_text}; "
-              f"about {format_seconds(left)} left", flush=True)
 
 
 def run_sweep(jobs: list[Job], experiment: str, key: str, parent_name: str, parent_params: dict[str, str],
@@ -281,6 +245,7 @@ def _train_child(child: dict) -> None:
     import warnings
 
     from lk_segment.commands.train import train
+    from lk_segment.training.callbacks import SweepProgress
 
     # A sweep prints one line per epoch; these notices would repeat in each of its dozens of trainings.
     for notice in (".*LeafSpec.*", ".*on_after_batch_transfer.*", ".*Integer columns in Python.*"):

@@ -1,4 +1,4 @@
-"""Lightning callbacks: the per-epoch performance figures every run logs."""
+"""Lightning callbacks: the per-epoch performance figures every run logs; a sweep's progress lines."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import psutil
 import torch
 
 from lk_segment import names
+from lk_segment.markdown import format_seconds
 from lk_segment.timing import Stopwatch
 
-# An epoch counts as having shared the machine when other processes used more than this share of
-# all its cores while it trained (a quiet machine's background stays near 0.01). Its times are then
-# not the model's: the study report leaves such runs out of its cost columns and says why.
-SHARED_MACHINE_THRESHOLD = 0.10
+SHARED_MACHINE_THRESHOLD = names.SHARED_MACHINE_THRESHOLD
 
 
 def tree_cpu_seconds() -> float:
@@ -121,3 +119,31 @@ class PerfMonitor(L.Callback):
                 reduce_fx="max")
             log(names.GPU_PEAK_RESERVED, torch.cuda.max_memory_reserved(device) / 2**20, sync_dist=True,
                 reduce_fx="max")
+
+
+class SweepProgress(L.Callback):
+    """One line per epoch: which run of how many, its epoch, Dice, and the time left.
+
+    The estimate is the sweep's wall time per trained epoch so far times the epochs still to
+    train; with ``workers`` trainings at once it is divided among them.
+    """
+
+    def __init__(self, label: str, run_name: str, sweep_start: float, epochs_done: int, epochs_total: int,
+                 workers: int = 1, prefix: str = "compare"):
+        self.label, self.run_name, self.sweep_start, self.workers = label, run_name, sweep_start, workers
+        self.epochs_done, self.epochs_total, self.prefix = epochs_done, epochs_total, prefix
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.experiment.set_tag(trainer.logger.run_id, "mlflow.runName", self.run_name)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.epochs_done += 1
+        elapsed = time.time() - self.sweep_start
+        left = elapsed / self.epochs_done * (self.epochs_total - self.epochs_done) / self.workers
+        dice = trainer.callback_metrics.get(names.VAL_DICE)
+        dice_text = f", val/dice {float(dice):.4f}" if dice is not None else ""
+        print(f"[{self.prefix}] {self.label}: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{dice_text}; "
+              f"about {format_seconds(left)} left", flush=True)

@@ -27,7 +27,7 @@ from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
 from lk_segment.inference import Predictor, decoded_chunks, read_rgb
 
-CSV_ARTIFACT_DIR = "full_res"  # the run's per-image CSVs: full_res/epoch_<E>.csv, full_res/best.csv
+CSV_ARTIFACT_DIR = names.CSV_ARTIFACT_DIR
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 import urllib.error
@@ -77,6 +78,18 @@ def test_the_ui_runs_one_server_process_a_tracking_server_mlflows_four(argv, wor
     assert cmd[1:4] == ["-m", "mlflow", "server"] and cmd[cmd.index("--workers") + 1] == workers
     assert cmd[cmd.index("--port") + 1] == "5999"
     assert "lk-segment: open http://127.0.0.1:5999" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("users", "server_gets"), [(None, "false"), ("true", "true")])
+def test_the_ui_starts_no_mlflow_job_runner_unless_the_user_asks(users, server_gets, workdir, monkeypatch):
+    """MLflow's server starts eight more interpreters for GenAI jobs nothing here submits, unless told not to."""
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", users or "")  # restored after the test, whatever
+    if users is None:                                                    # the command sets in its environment
+        monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION")
+    seen = []
+    monkeypatch.setattr("os.execv", lambda path, cmd: seen.append(os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION")))
+    main(["ui", "--port", "5999"])
+    assert seen == [server_gets]
 
 
 def _status(url: str, user: str | None = None, password: str | None = None) -> tuple[int, str]:

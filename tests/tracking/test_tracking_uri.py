@@ -5,7 +5,8 @@ import os
 import mlflow
 import pytest
 
-from lk_segment.tracking import RunLogger, fluent_store
+from lk_segment.tracking import fluent_store
+from lk_segment.training.run_logger import RunLogger
 
 
 @pytest.fixture

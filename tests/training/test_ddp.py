@@ -18,9 +18,10 @@ from lk_segment.commands.train import build_trainer
 from lk_segment.config import load_config
 from lk_segment.data.module import CarvanaDataModule
 from lk_segment.errors import UserError
-from lk_segment.tracking import RunLogger, tracking_uri
+from lk_segment.tracking import tracking_uri
 from lk_segment.training.checkpointing import load_system
 from lk_segment.training.distributed import UnpaddedDistributedSampler, scale_out_params, validation_sampler
+from lk_segment.training.run_logger import RunLogger
 from tests.conftest import tiny_overrides
 
 # 47 of the 64 tiny images: cars 0 and 1 train (32 images, 16 per rank), car 2 less one view
