@@ -18,10 +18,15 @@ COMPARE_EXPERIMENT = "compare"  # make compare's and make report's experiment wh
 
 
 def _train(args) -> None:
-    from lk_segment.commands.train import train
     from lk_segment.config import load_config
+    from lk_segment.data.carvana import check_root
 
-    result = train(load_config(args.variant, args.overrides))
+    cfg = load_config(args.variant, args.overrides)  # a bad variant, key or data root is said in a second,
+    if cfg.data.root:                                 # before the training stack is imported (seconds)
+        check_root(cfg.data.root)
+    from lk_segment.commands.train import train
+
+    result = train(cfg)
     if result["global_rank"] == 0:  # under DDP every process returns here; one line is enough
         full = result["metrics"].get(names.DICE_FULL_BEST)
         print(f"run {result['run_id']}: best val/dice {result['best_dice']:.4f}"
@@ -30,18 +35,21 @@ def _train(args) -> None:
 
 
 def _predict(args) -> None:
-    from lk_segment.commands.predict import predict_folder
     from lk_segment.tracking import find_checkpoint
 
     if sum(map(bool, (args.run, args.ckpt, args.model))) != 1:
         raise UserError("give exactly one of --run <mlflow run id>, --ckpt <path to a .ckpt> or --model "
                         "<models:/name@alias>")
+    if args.ckpt and not Path(args.ckpt).is_file():  # said before torch is imported
+        raise UserError(f"checkpoint {args.ckpt!r} does not exist: check the path or the run id")
     if args.model:
         from lk_segment.model_registry import weights_of
 
         ckpt = weights_of(args.model)
     else:
         ckpt = args.ckpt or find_checkpoint(args.run)
+    from lk_segment.commands.predict import predict_folder
+
     csv_path = predict_folder(ckpt, args.input, args.out, device=args.device, tta=args.tta,
                               batch_size=args.batch_size)
     print(f"masks and {csv_path} written")

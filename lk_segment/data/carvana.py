@@ -61,16 +61,22 @@ class BadFile:
         return f"{self.reason}; or set data.on_bad_file=skip to leave such files out"
 
 
-def find_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
-    """(usable samples, bad files) of a Kaggle-layout folder; hidden files are ignored."""
+def check_root(root: str | Path) -> Path:
+    """``root`` when it is a folder with a train/ folder; else the one-line error that says what to fix."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data root {str(root)!r} does not exist: set data.root to a folder holding train/ "
                         "and train_masks/")
-    train = root / "train"
-    if not train.is_dir():
+    if not (root / "train").is_dir():
         raise UserError(f"data root {str(root)!r} has no train/ folder: data.root must be in the Kaggle layout "
                         "(train/, train_masks/)")
+    return root
+
+
+def find_samples(root: str | Path) -> tuple[list[Sample], list[BadFile]]:
+    """(usable samples, bad files) of a Kaggle-layout folder; hidden files are ignored."""
+    root = check_root(root)
+    train = root / "train"
     files = sorted(p for p in train.iterdir() if not p.name.startswith("."))
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not images:
