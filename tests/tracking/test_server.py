@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lk_segment.commands.cli import main
 from lk_segment.commands.train import train
 from lk_segment.config import load_config
 from lk_segment.errors import UserError
@@ -63,22 +64,25 @@ def test_an_experiment_with_local_artifacts_is_refused_against_a_server(server, 
         prepare_store("local")
 
 
-def test_make_ui_prints_the_training_runs_page(tiny_root, workdir):
+def test_make_ui_prints_the_training_runs_page(tiny_root, workdir, monkeypatch, capsys):
+    """What ``make ui`` prints and the shared view it writes, read before it becomes the server (the server
+    answering that page: test_make_ui_as_typed_... below and tests/tracking/test_browser.py)."""
     result = train(load_config("3x3", tiny_overrides(tiny_root)))
     experiment_id = MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_run(result["run_id"]).info.experiment_id
-    port = free_port()
-    proc, first = start_ui(["--experiment", "test"], workdir, port)
-    try:
-        url = re.search(r"open (\S+)", first).group(1)
-        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?")
-        assert "workflowType=machine_learning" in url and f"viewStateShareKey={VIEW_KEY}" in url
-        view = json.loads(MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_experiment(experiment_id).tags[VIEW_TAG])
-        assert view["orderByKey"] == "metrics.`val/dice_full_best`" and not view["orderByAsc"]
-        assert {"metrics.`val/dice`", "metrics.`val/dice_full_best`"} <= set(view["selectedColumns"])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
-            assert r.status == 200
-    finally:
-        stop_ui(proc)
+    executed = []
+    monkeypatch.setattr("os.execv", lambda path, cmd: executed.append(cmd))
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "")  # restored after the test: the command sets it
+    main(["ui", "--experiment", "test", "--port", "5999"])
+    first = capsys.readouterr().out.splitlines()[0]
+    url = re.search(r"open (\S+)", first).group(1)
+    assert url.startswith(f"http://127.0.0.1:5999/#/experiments/{experiment_id}/runs?")
+    assert "workflowType=machine_learning" in url and f"viewStateShareKey={VIEW_KEY}" in url
+    view = json.loads(MlflowClient(f"sqlite:///{workdir}/mlruns/mlflow.db").get_experiment(experiment_id).tags[VIEW_TAG])
+    assert view["orderByKey"] == "metrics.`val/dice_full_best`" and not view["orderByAsc"]
+    assert {"metrics.`val/dice`", "metrics.`val/dice_full_best`"} <= set(view["selectedColumns"])
+    (cmd,) = executed  # then it becomes MLflow's server over this store
+    assert cmd[1:4] == ["-m", "mlflow", "server"]
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{workdir}/mlruns/mlflow.db"
 
 
 @pytest.mark.slow
