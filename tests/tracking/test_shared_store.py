@@ -44,10 +44,12 @@ def test_two_trainings_at_once_on_one_store_while_the_ui_serves_it(tiny_root, wo
     uri = os.environ["MLFLOW_TRACKING_URI"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     port = free_port()
+    # as make ui starts it: no MLflow job runner (eight more interpreters, nothing here submits a job)
     ui = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                            "--default-artifact-root", str(workdir / "mlruns" / "artifacts"),
                            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)  # its own process group: its workers go with it
     trainings = []
     try:
