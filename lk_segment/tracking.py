@@ -281,6 +281,11 @@ def client():
 def get_run(run_id: str, hint: str = "or pass CKPT=<path to a .ckpt> instead"):
     from mlflow.exceptions import MlflowException
 
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # a lookup in a folder with no store: said as such, and no empty store is created here for it
+        raise UserError(f"no MLflow run with id {run_id!r}: there is no store at {redact(uri)} (run the command "
+                        "from the folder that holds mlruns/, or set MLFLOW_TRACKING_URI)")
     try:
         return client().get_run(run_id)
     except MlflowException as exc:

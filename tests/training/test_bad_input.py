@@ -145,6 +145,17 @@ OTHER_CASES = {
 }
 
 
+@pytest.mark.parametrize("argv", [["predict", "--run", "0123456789abcdef", "--input", ".", "--out", "o"],
+                                  ["evaluate", "--run", "0123456789abcdef", "--data", "."],
+                                  ["register", "--run", "0123456789abcdef"]])
+def test_a_run_id_where_there_is_no_store_says_so_and_creates_none(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    line = _run_cli(argv, capsys)
+    assert "no MLflow run with id '0123456789abcdef': there is no store at sqlite:///mlruns/mlflow.db" in line
+    assert list(tmp_path.iterdir()) == []  # no empty store made for a lookup
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(OTHER_CASES))
 def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, existing, tiny_root, tmp_path, capsys, monkeypatch):
