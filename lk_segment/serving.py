@@ -43,7 +43,6 @@ from lk_segment import names
 from lk_segment.errors import UserError
 from lk_segment.training.checkpointing import fuse_checkpoint
 
-MODEL_NAME = names.MODEL_NAME  # runs:/<run id>/model
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXAMPLE_SHAPE = (1, 64, 96, 3)  # the input example: one small photo, so the logged model stays small
 MAX_SIDE = 4096  # pixels: a Carvana photo is 1918 x 1280
@@ -147,7 +146,7 @@ def log_model(run_id: str, ckpt: str | Path, tracking_uri: str, pip_requirements
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # the source alone
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             mlflow.pyfunc.log_model(
-                name=MODEL_NAME, python_model=str(code / "mlflow_model.py"), artifacts={"weights": str(weights)},
+                name=names.MODEL_NAME, python_model=str(code / "mlflow_model.py"), artifacts={"weights": str(weights)},
                 code_paths=[str(code)], signature=signature(), input_example=example,
                 pip_requirements=pip_requirements)
-    return f"runs:/{run_id}/{MODEL_NAME}"
+    return f"runs:/{run_id}/{names.MODEL_NAME}"

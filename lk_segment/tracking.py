@@ -24,10 +24,16 @@ SWEEP_TAG = "lk_segment.sweep"  # hash of what must be identical for runs to be 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI folds children under it
 
 
-def tracking_uri() -> str:
+def _configured_uri() -> tuple[str, Path | None]:
+    """The store's URI as configured, and its SQLite file where it is one (relative to the working folder)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri, Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def tracking_uri() -> str:
+    uri, db = _configured_uri()
+    if db is not None and not db.is_absolute():
+        db.parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -281,8 +287,8 @@ def client():
 def get_run(run_id: str, hint: str = "or pass CKPT=<path to a .ckpt> instead"):
     from mlflow.exceptions import MlflowException
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    uri, db = _configured_uri()
+    if db is not None and not db.is_file():
         # a lookup in a folder with no store: said as such, and no empty store is created here for it
         raise UserError(f"no MLflow run with id {run_id!r}: there is no store at {redact(uri)} (run the command "
                         "from the folder that holds mlruns/, or set MLFLOW_TRACKING_URI)")

@@ -14,8 +14,6 @@ from lk_segment import names
 from lk_segment.markdown import format_seconds
 from lk_segment.timing import Stopwatch
 
-SHARED_MACHINE_THRESHOLD = names.SHARED_MACHINE_THRESHOLD
-
 
 def tree_cpu_seconds() -> float:
     """CPU seconds (user + system, all threads) of this process, its live children (DataLoader

@@ -27,8 +27,6 @@ from lk_segment.data.carvana import Sample, find_samples, read_mask
 from lk_segment.errors import UserError
 from lk_segment.inference import Predictor, decoded_chunks, read_rgb
 
-CSV_ARTIFACT_DIR = names.CSV_ARTIFACT_DIR
-
 
 @dataclass(frozen=True)
 class ImageScore:
@@ -190,4 +188,4 @@ class FullResEval(L.Callback):
             return
         with tempfile.TemporaryDirectory() as tmp:
             path = write_scores_csv(scores, Path(tmp) / name)
-            trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path), CSV_ARTIFACT_DIR)
+            trainer.logger.experiment.log_artifact(trainer.logger.run_id, str(path), names.CSV_ARTIFACT_DIR)

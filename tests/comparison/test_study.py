@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lk_segment import names
 from lk_segment.comparison.records import RunRecord
 from lk_segment.comparison.study import load_study
 from lk_segment.comparison.study_report import shared_machine
 from lk_segment.config import available_variants
 from lk_segment.data.carvana import list_samples, split_by_car
 from lk_segment.errors import UserError
-from lk_segment.training.callbacks import SHARED_MACHINE_THRESHOLD
 
 
 @pytest.mark.parametrize("folds", [2, 3, 4])
@@ -48,7 +48,7 @@ def record(others: list[float], load: list[float] | None = None) -> RunRecord:
 
 
 def test_a_run_with_the_machine_to_itself_is_not_flagged():
-    assert shared_machine(record([0.01, 0.03, SHARED_MACHINE_THRESHOLD])) is None
+    assert shared_machine(record([0.01, 0.03, names.SHARED_MACHINE_THRESHOLD])) is None
 
 
 def test_a_run_that_shared_the_machine_is_flagged_with_its_worst_epoch():
@@ -108,7 +108,7 @@ def test_a_cpu_hog_beside_a_training_flags_the_run(tiny_cfg):
             os.kill(pid, signal.SIGKILL)
     run = read_record(client(), client().get_run(result["run_id"]))
     others = run.curves["perf/others_cpu_share"]
-    assert len(others) == 2 and max(others) > SHARED_MACHINE_THRESHOLD
+    assert len(others) == 2 and max(others) > names.SHARED_MACHINE_THRESHOLD
     assert len(run.curves["perf/train_time_cum_s"]) == 2
     assert run.curves["perf/train_time_cum_s"][1] == pytest.approx(sum(run.curves["perf/epoch_time_s"]))
     assert "other processes used" in shared_machine(run)
